@@ -478,11 +478,7 @@ using mlstm::Form;
 
 extern "C" {
 
-const char* mlstm_version(void) {
-#define MLSTM_STR2(x) #x
-#define MLSTM_STR(x) MLSTM_STR2(x)
-  return MLSTM_STR(MLSTM_VERSION_MAJOR) "." MLSTM_STR(MLSTM_VERSION_MINOR) "." MLSTM_STR(MLSTM_VERSION_PATCH);
-}
+const char* mlstm_version(void) { return MLSTM_VERSION_STRING; }
 
 const char* mlstm_last_error(void) { return mlstm::last_error(); }
 

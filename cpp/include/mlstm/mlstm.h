@@ -40,10 +40,6 @@ extern "C" {
 #define MLSTM_API __attribute__((visibility("default")))
 #endif
 
-#define MLSTM_VERSION_MAJOR 0
-#define MLSTM_VERSION_MINOR 1
-#define MLSTM_VERSION_PATCH 0
-
 /* Returned by every function. Details are in mlstm_last_error() of the calling thread. */
 typedef enum mlstm_status {
   MLSTM_OK = 0,
@@ -142,7 +138,7 @@ typedef struct mlstm_bwd_args {
 } mlstm_bwd_args;
 
 /* ---- library information ---- */
-MLSTM_API const char* mlstm_version(void);            /* "MAJOR.MINOR.PATCH" */
+MLSTM_API const char* mlstm_version(void);            /* "MAJOR.MINOR.PATCH" of the package */
 MLSTM_API const char* mlstm_last_error(void);         /* message of this thread's last failure ("" if none) */
 MLSTM_API int mlstm_cuda_compiled(void);              /* 1 if the CUDA backend was built */
 MLSTM_API const char* mlstm_cuda_archs(void);         /* e.g. "80;90a" ("" without CUDA) */
