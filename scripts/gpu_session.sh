@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# One GPU run: build in place for the local card, run the CUDA tests, the main job, the sanitizers
+# and the benchmarks, and write every log under $OUT (default: ./gpu_out).
+#
+#   bash scripts/gpu_session.sh [stage ...]     stages: build ctest pytest check sanitize bench
+#   (no stage = all, in that order). Each stage has its own time limit so one hang cannot eat the run.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$(pwd)/gpu_out}
+mkdir -p "$OUT"
+BUILD_DIR=${MLSTM_BUILD_DIR:-/tmp/mlstm-build}
+ARCHS=${MLSTM_CUDA_ARCHS:-90a-real}
+export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-16}
+export PYTHONUNBUFFERED=1
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(build ctest pytest check sanitize bench)
+summary=()
+
+run_stage() {  # name, limit (s), command...
+  local name=$1 limit=$2
+  shift 2
+  local t0=$(date +%s)
+  echo "==== $name (limit ${limit}s)"
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  local dt=$(( $(date +%s) - t0 ))
+  tail -n 25 "$OUT/$name.log"
+  summary+=("$(printf '%-10s rc=%-3s %4ss' "$name" "$rc" "$dt")")
+  return $rc
+}
+
+{
+  echo "date: $(date -u +%FT%TZ)"
+  echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown) $(git status --porcelain 2>/dev/null | head -c 1 | grep -q . && echo '(+ uncommitted changes)')"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  nvcc --version | tail -n 2
+  python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
+  python3 -c "import jax; print('jax', jax.__version__)" 2>/dev/null
+  python3 -c "import triton; print('triton', triton.__version__)" 2>/dev/null
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+for stage in "${stages[@]}"; do
+  case $stage in
+    build)
+      run_stage build 420 python3 -m pip install --no-build-isolation --no-deps -v \
+        -Cbuild-dir="$BUILD_DIR" -Ccmake.define.MLSTM_BUILD_TESTS=ON \
+        -Ccmake.define.MLSTM_CUDA=ON -Ccmake.define.MLSTM_CUDA_ARCHS="$ARCHS" . || break ;;
+    ctest)
+      run_stage ctest 300 ctest --test-dir "$BUILD_DIR" --output-on-failure ;;
+    pytest)
+      run_stage pytest 400 bash -c "cd /tmp && python3 -m pytest -q -x -rs -p no:cacheprovider $(pwd)/tests/torch $(pwd)/tests/jax" ;;
+    check)
+      run_stage check 240 python3 -m mlstm_kernels check ;;
+    sanitize)
+      for t in "$BUILD_DIR"/tests/cpp/test_cuda_*; do
+        [ -x "$t" ] || continue
+        for tool in memcheck racecheck; do
+          MLSTM_TEST_SMALL=1 run_stage "san-$(basename "$t")-$tool" 240 \
+            compute-sanitizer --tool "$tool" --error-exitcode 9 "$t"
+        done
+      done ;;
+    bench)
+      run_stage bench 400 python3 -m benchmarks.run --suite consttoken --config A --out "$OUT" ;;
+    *) echo "unknown stage $stage" ;;
+  esac
+done
+
+echo "==== summary"
+printf '%s\n' "${summary[@]}" | tee "$OUT/summary.txt"
