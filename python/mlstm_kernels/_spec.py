@@ -91,11 +91,13 @@ def check_shapes(
     shapes: Mapping[str, Sequence[int] | None],
     *,
     step: bool = False,
+    state_names: Sequence[str] = ("c_initial", "n_initial", "m_initial"),
 ) -> Dims:
     """Validate the shapes of q, k, v, i, f and optional c/n/m (initial) states; return the dims.
 
     `shapes` maps argument names to shapes (None for absent optional tensors). For `step=True`
     q, k are (B, NH, DHQK), v is (B, NH, DHHV), i, f are (B, NH, 1) or (B, NH).
+    `state_names` are the keys of the c, n, m states in `shapes` (a step kernel calls them c, n, m).
     Raises ValueError naming the argument and the expected shape.
     """
     q, k, v, i, f = (shapes[n] for n in ("q", "k", "v", "i", "f"))
@@ -127,17 +129,18 @@ def check_shapes(
     for dim_name, value in (("B", B), ("NH", NH), ("S", S), ("DHQK", DHQK), ("DHHV", DHHV)):
         if value < 1:
             raise ValueError(f"{dim_name} must be >= 1, got {value} (shapes: q {tuple(q)}, v {tuple(v)})")
+    c_name, n_name, m_name = state_names
     state_expected = {
-        "c_initial": (B, NH, DHQK, DHHV),
-        "n_initial": (B, NH, DHQK),
-        "m_initial": (B, NH, 1),
+        c_name: (B, NH, DHQK, DHHV),
+        n_name: (B, NH, DHQK),
+        m_name: (B, NH, 1),
     }
     present = [n for n in state_expected if shapes.get(n) is not None]
     if present and len(present) != 3:
-        raise ValueError(f"c_initial, n_initial and m_initial must be given together (got only {', '.join(present)})")
+        raise ValueError(f"{c_name}, {n_name} and {m_name} must be given together (got only {', '.join(present)})")
     for name in present:
         shp = tuple(shapes[name])
         exp = state_expected[name]
-        if shp != exp and not (name == "m_initial" and shp == (B, NH)):
+        if shp != exp and not (name == m_name and shp == (B, NH)):
             raise ValueError(f"{name} must have shape {exp}, got {shp}")
     return Dims(B, NH, S, DHQK, DHHV)
