@@ -1,22 +1,21 @@
-// CPU backend (placeholder until the CPU kernels land).
+// Buffer sizes of the CPU backend. Its kernels keep their per-thread scratch in std::vector (small:
+// a few chunk-sized rows and one head's states), and its backward recomputes what it needs from the
+// forward's inputs, so a CPU call asks the caller for neither workspace nor a saved buffer.
 #include "common/backend.h"
 #include "common/error.h"
 
 namespace mlstm::cpu {
 
 mlstm_status fwd_sizes(const FwdParams&, mlstm_buffer_sizes* sizes) {
-  *sizes = {0, 0};
+  *sizes = mlstm_buffer_sizes{0, 0};
   return MLSTM_OK;
 }
-mlstm_status bwd_sizes(const BwdParams&, mlstm_buffer_sizes* sizes) {
-  *sizes = {0, 0};
+
+mlstm_status bwd_sizes(const BwdParams& p, mlstm_buffer_sizes* sizes) {
+  if (p.form != Form::kParallel && p.form != Form::kChunkwise)
+    return fail(MLSTM_ERROR_INVALID_ARGUMENT, "%s has no backward", form_name(p.form));
+  *sizes = mlstm_buffer_sizes{0, 0};
   return MLSTM_OK;
 }
-mlstm_status parallel_fwd(const FwdParams&) { return fail(MLSTM_ERROR_UNSUPPORTED, "cpu parallel: not implemented"); }
-mlstm_status parallel_bwd(const BwdParams&) { return fail(MLSTM_ERROR_UNSUPPORTED, "cpu parallel: not implemented"); }
-mlstm_status chunkwise_fwd(const FwdParams&) { return fail(MLSTM_ERROR_UNSUPPORTED, "cpu chunkwise: not implemented"); }
-mlstm_status chunkwise_bwd(const BwdParams&) { return fail(MLSTM_ERROR_UNSUPPORTED, "cpu chunkwise: not implemented"); }
-mlstm_status sequence_fwd(const FwdParams&) { return fail(MLSTM_ERROR_UNSUPPORTED, "cpu sequence: not implemented"); }
-mlstm_status step_fwd(const FwdParams&) { return fail(MLSTM_ERROR_UNSUPPORTED, "cpu step: not implemented"); }
 
 }  // namespace mlstm::cpu
