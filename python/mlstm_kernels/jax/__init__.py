@@ -1,0 +1,107 @@
+"""JAX interface of mlstm_kernels: kernel registries, direct imports and the backend module.
+
+Mirrors ``mlstm_kernels.torch`` name for name (names in ``mlstm_kernels._spec``; upstream's Triton
+names resolve to our equivalents with a one-time warning; unknown names raise ValueError listing
+the available ones)::
+
+    get_available_mlstm_kernels()           training kernels "<form>--<kernel>"
+    get_mlstm_kernel(name)
+    get_available_mlstm_sequence_kernels()  sequence kernels
+    get_mlstm_sequence_kernel(name)
+    get_available_mlstm_step_kernels()      step kernels
+    get_mlstm_step_kernel(name)
+
+Kernels named ``native`` are plain jax.numpy; the others call the core through XLA FFI custom calls
+and work under ``jit``, ``grad`` (training kernels) and ``vmap``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .. import _spec
+from .chunkwise import (
+    mlstm_chunkwise__limit_chunk,
+    mlstm_chunkwise__native_autograd,
+    mlstm_chunkwise__native_custbw,
+    mlstm_chunkwise__xl_chunk,
+)
+from .parallel import (
+    mlstm_parallel__native_autograd,
+    mlstm_parallel__native_custbw,
+    mlstm_parallel__native_stablef_autograd,
+    mlstm_parallel__native_stablef_custbw,
+    mlstm_parallel__tiled,
+)
+from .recurrent import (
+    mlstm_recurrent_sequence__fused_fw,
+    mlstm_recurrent_sequence__native_fused_fw,
+    mlstm_recurrent_sequence__native_fw,
+    mlstm_recurrent_step__fused,
+    mlstm_recurrent_step__native,
+)
+
+_TRAINING_KERNELS: dict[str, Callable] = {
+    "chunkwise--native_autograd": mlstm_chunkwise__native_autograd,
+    "chunkwise--native_custbw": mlstm_chunkwise__native_custbw,
+    "chunkwise--limit_chunk": mlstm_chunkwise__limit_chunk,
+    "chunkwise--xl_chunk": mlstm_chunkwise__xl_chunk,
+    "parallel--native_autograd": mlstm_parallel__native_autograd,
+    "parallel--native_custbw": mlstm_parallel__native_custbw,
+    "parallel--native_stablef_autograd": mlstm_parallel__native_stablef_autograd,
+    "parallel--native_stablef_custbw": mlstm_parallel__native_stablef_custbw,
+    "parallel--tiled": mlstm_parallel__tiled,
+}
+_SEQUENCE_KERNELS: dict[str, Callable] = {
+    "native_sequence__native": mlstm_recurrent_sequence__native_fw,
+    "native_sequence__fused": mlstm_recurrent_sequence__native_fused_fw,
+    "fused_sequence": mlstm_recurrent_sequence__fused_fw,
+}
+_STEP_KERNELS: dict[str, Callable] = {
+    "native": mlstm_recurrent_step__native,
+    "fused": mlstm_recurrent_step__fused,
+}
+
+assert tuple(_TRAINING_KERNELS) == _spec.TRAINING_KERNELS
+assert tuple(_SEQUENCE_KERNELS) == _spec.SEQUENCE_KERNELS
+assert tuple(_STEP_KERNELS) == _spec.STEP_KERNELS
+
+
+def get_available_mlstm_kernels() -> list[str]:
+    """Canonical names of the training kernels (chunkwise and parallel forms)."""
+    return list(_TRAINING_KERNELS)
+
+
+def get_mlstm_kernel(name: str) -> Callable:
+    """The training kernel `name` (an upstream name resolves to our equivalent with a warning)."""
+    return _TRAINING_KERNELS[_spec.resolve_kernel_name("training", name, tuple(_TRAINING_KERNELS))]
+
+
+def get_available_mlstm_sequence_kernels() -> list[str]:
+    """Canonical names of the sequence kernels (recurrent forward over a whole sequence)."""
+    return list(_SEQUENCE_KERNELS)
+
+
+def get_mlstm_sequence_kernel(name: str) -> Callable:
+    """The sequence kernel `name` (an upstream name resolves to our equivalent with a warning)."""
+    return _SEQUENCE_KERNELS[_spec.resolve_kernel_name("sequence", name, tuple(_SEQUENCE_KERNELS))]
+
+
+def get_available_mlstm_step_kernels() -> list[str]:
+    """Canonical names of the step kernels (one recurrent time step)."""
+    return list(_STEP_KERNELS)
+
+
+def get_mlstm_step_kernel(name: str) -> Callable:
+    """The step kernel `name` (an upstream name resolves to our equivalent with a warning)."""
+    return _STEP_KERNELS[_spec.resolve_kernel_name("step", name, tuple(_STEP_KERNELS))]
+
+
+__all__ = [
+    "get_available_mlstm_kernels",
+    "get_mlstm_kernel",
+    "get_available_mlstm_sequence_kernels",
+    "get_mlstm_sequence_kernel",
+    "get_available_mlstm_step_kernels",
+    "get_mlstm_step_kernel",
+]

@@ -1,0 +1,191 @@
+"""A ready-made mLSTM backend for JAX models: the kernel choice, modes and state passing in one place.
+
+``mLSTMBackendConfig`` has upstream's fields, defaults and validation; ``mLSTMBackend(config)`` is
+called like the torch module's ``forward``::
+
+    backend = mLSTMBackend(mLSTMBackendConfig(chunkwise_kernel="chunkwise--limit_chunk", mode="train"))
+    h = backend(q, k, v, i, f)                              # train, return_last_states=False
+    h, (c, n, m) = backend(q, k, v, i, f, c, n, m, mode="inference")
+
+Modes:
+* ``train``: the chunkwise (or parallel) kernel on the whole sequence; last states if
+  ``return_last_states`` (chunkwise kernels only).
+* ``train_with_padding``: as upstream, S is padded with zeros to a multiple of ``chunk_size`` and h
+  cut back (our kernels take any S, so this only matters for matching upstream bit for bit); no states.
+* ``inference``: any S, always returns the last states (in ``inference_state_dtype``): S == 1 goes
+  straight to the step kernel; longer inputs go to the chunkwise kernel, or to the sequence kernel
+  when the configured training kernel is a parallel (stateless) one.
+
+When flax is importable ``mLSTMBackend`` is a ``flax.linen.Module`` (no parameters) so it nests in
+linen models; otherwise it is a plain callable class with the same constructor and call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import jax.numpy as jnp
+
+from . import get_mlstm_kernel, get_mlstm_sequence_kernel, get_mlstm_step_kernel
+
+ChunkwiseKernelType = Literal[
+    "chunkwise--native_autograd",
+    "chunkwise--native_custbw",
+    "chunkwise--limit_chunk",
+    "chunkwise--xl_chunk",
+    "parallel--native_autograd",
+    "parallel--native_custbw",
+    "parallel--native_stablef_autograd",
+    "parallel--native_stablef_custbw",
+    "parallel--tiled",
+    "chunkwise--triton_limit_chunk",
+    "chunkwise--triton_xl_chunk",
+    "parallel--triton_limit_headdim",
+]
+SequenceKernelType = Literal["native_sequence__native", "native_sequence__fused", "fused_sequence", "native_sequence__triton"]
+StepKernelType = Literal["native", "fused", "triton"]
+DtypeType = Literal["float32", "bfloat16", "float16"]
+BackendModeType = Literal["train", "train_with_padding", "inference"]
+
+_DTYPES = ("float32", "bfloat16", "float16")
+_MODES = ("train", "train_with_padding", "inference")
+
+
+@dataclass
+class mLSTMBackendConfig:
+    chunkwise_kernel: ChunkwiseKernelType = "chunkwise--native_autograd"
+    """The training kernel: a chunkwise kernel, or a parallel one (no states) for comparison."""
+    sequence_kernel: SequenceKernelType = "native_sequence__native"
+    """The kernel for step-by-step sequences in inference mode (used with a parallel training kernel)."""
+    step_kernel: StepKernelType = "native"
+    """The kernel for a single step (generation) in inference mode."""
+    mode: BackendModeType = "train"
+    """How the backend's call behaves: "train", "train_with_padding" or "inference"."""
+    chunk_size: int = 64
+    """Chunk size of the chunkwise kernel (and the padding multiple of "train_with_padding")."""
+    return_last_states: bool = True
+    """Whether training returns the last states; inference always does."""
+    autocast_kernel_dtype: DtypeType = "bfloat16"
+    """Kept for upstream compatibility; JAX has no autocast region, kernels run in the inputs' dtype."""
+    eps: float = 1e-6
+    """Added to the denominator max(|n·q̂|, exp(-m))."""
+    inference_state_dtype: DtypeType = "float32"
+    """dtype of the states in inference mode."""
+
+    def __post_init__(self):
+        if self.mode not in _MODES:
+            raise ValueError(f"mode must be one of {', '.join(_MODES)}, got {self.mode!r}")
+        for name in ("autocast_kernel_dtype", "inference_state_dtype"):
+            if getattr(self, name) not in _DTYPES:
+                raise ValueError(f"{name} must be one of {', '.join(_DTYPES)}, got {getattr(self, name)!r}")
+        # Unknown kernel names fail here, naming what exists; upstream names resolve (with a warning).
+        get_mlstm_kernel(self.chunkwise_kernel)
+        get_mlstm_sequence_kernel(self.sequence_kernel)
+        get_mlstm_step_kernel(self.step_kernel)
+        if self.return_last_states and self.chunkwise_kernel.startswith("parallel"):
+            raise ValueError("return_last_states=True is not supported with parallel kernels.")
+        if self.return_last_states and self.mode == "train_with_padding":
+            raise ValueError("return_last_states=True is not supported with train_with_padding mode.")
+
+
+def _backend_call(config: mLSTMBackendConfig, q, k, v, i, f, c_initial, n_initial, m_initial, return_last_states, mode):
+    mode = config.mode if mode is None else mode
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {', '.join(_MODES)}, got {mode!r}")
+    train_kernel = get_mlstm_kernel(config.chunkwise_kernel)
+    common = dict(eps=config.eps, autocast_kernel_dtype=getattr(jnp, config.autocast_kernel_dtype))
+
+    if mode.startswith("train"):
+        if return_last_states is None:
+            return_last_states = config.return_last_states
+        if mode == "train_with_padding":
+            if return_last_states:
+                raise ValueError("return_last_states=True is not supported with train_with_padding mode.")
+            S = q.shape[2]
+            S_padded = -(-S // config.chunk_size) * config.chunk_size
+            pad = lambda x: jnp.pad(x, [(0, 0), (0, 0), (0, S_padded - S)] + [(0, 0)] * (x.ndim - 3))  # noqa: E731
+            h = train_kernel(pad(q), pad(k), pad(v), pad(i), pad(f), c_initial, n_initial, m_initial,
+                             return_last_states=False, chunk_size=config.chunk_size, **common)
+            return h[:, :, :S]
+        return train_kernel(q, k, v, i, f, c_initial, n_initial, m_initial,
+                            return_last_states=return_last_states, chunk_size=config.chunk_size, **common)
+
+    # Inference: any S, states always returned in inference_state_dtype.
+    state_dtype = getattr(jnp, config.inference_state_dtype)
+    B, NH, S, DHQK = q.shape
+    DHHV = v.shape[-1]
+    if S == 1:
+        if c_initial is None:
+            c_initial = jnp.zeros((B, NH, DHQK, DHHV), state_dtype)  # (B, NH, DHQK, DHHV)
+            n_initial = jnp.zeros((B, NH, DHQK), state_dtype)  # (B, NH, DHQK)
+            m_initial = jnp.zeros((B, NH, 1), state_dtype)  # (B, NH, 1)
+        h, states = get_mlstm_step_kernel(config.step_kernel)(
+            q[:, :, 0], k[:, :, 0], v[:, :, 0], i[:, :, 0:1], f[:, :, 0:1], c_initial, n_initial, m_initial,
+            dtype_state=state_dtype, **common,
+        )
+        return h[:, :, None, :], states
+    if config.chunkwise_kernel.startswith("chunkwise"):
+        h, states = train_kernel(q, k, v, i, f, c_initial, n_initial, m_initial,
+                                 return_last_states=True, chunk_size=config.chunk_size, **common)
+        return h, tuple(s.astype(state_dtype) for s in states)
+    return get_mlstm_sequence_kernel(config.sequence_kernel)(
+        q, k, v, i, f, c_initial, n_initial, m_initial, return_last_states=True, dtype_state=state_dtype, **common
+    )
+
+
+_CALL_DOC = """Run the configured kernel.
+
+    q, k (B, NH, S, DHQK); v (B, NH, S, DHHV); i, f (B, NH, S); optional initial states
+    c (B, NH, DHQK, DHHV), n (B, NH, DHQK), m (B, NH, 1). ``return_last_states`` and ``mode``
+    override the config for this call. Returns h (B, NH, S, DHHV), or (h, (c, n, m)).
+    """
+
+try:
+    import flax.linen as _linen
+except ImportError:
+    _linen = None
+
+if _linen is not None:
+
+    class mLSTMBackend(_linen.Module):
+        """mLSTM backend as a parameter-free flax.linen Module (see the module docstring)."""
+
+        config: mLSTMBackendConfig
+        config_class = mLSTMBackendConfig
+
+        def __call__(self, q, k, v, i, f, c_initial=None, n_initial=None, m_initial=None,
+                     return_last_states: bool | None = None, mode: BackendModeType | None = None):
+            return _backend_call(self.config, q, k, v, i, f, c_initial, n_initial, m_initial, return_last_states, mode)
+
+        __call__.__doc__ = _CALL_DOC
+
+else:
+
+    class mLSTMBackend:
+        """mLSTM backend as a plain callable (flax is not installed; see the module docstring)."""
+
+        config_class = mLSTMBackendConfig
+
+        def __init__(self, config: mLSTMBackendConfig):
+            self.config = config
+
+        def __call__(self, q, k, v, i, f, c_initial=None, n_initial=None, m_initial=None,
+                     return_last_states: bool | None = None, mode: BackendModeType | None = None):
+            return _backend_call(self.config, q, k, v, i, f, c_initial, n_initial, m_initial, return_last_states, mode)
+
+        __call__.__doc__ = _CALL_DOC
+
+        def __repr__(self) -> str:
+            return f"mLSTMBackend({self.config})"
+
+
+__all__ = [
+    "mLSTMBackendConfig",
+    "mLSTMBackend",
+    "ChunkwiseKernelType",
+    "SequenceKernelType",
+    "StepKernelType",
+    "DtypeType",
+    "BackendModeType",
+]
