@@ -1,17 +1,286 @@
-// CUDA recurrent step and sequence kernels (not yet implemented).
+// CUDA recurrent forms: the fused step (one launch per step, recurrent_step.cuh) and the fused
+// sequence (one launch for all S steps, recurrent_sequence.cuh). This file is the host adapter:
+// it picks the work split for the device, checks the alignment that vector accesses need, turns the
+// dtypes into template parameters (one dispatch point each) and launches on the caller's stream.
+// Nothing here synchronises or allocates, so both forms can be captured in CUDA graphs.
+#include <algorithm>
+#include <cstdint>
+#include <mutex>
+
 #include "common/backend.h"
 #include "cuda/common.cuh"
 #include "cuda/forms.h"
+#include "cuda/recurrent_sequence.cuh"
+#include "cuda/recurrent_step.cuh"
 
 namespace mlstm::cuda {
+namespace {
 
-mlstm_status recurrent_fwd_sizes(const FwdParams&, mlstm_buffer_sizes* sizes) {
-  *sizes = {0, 0};
+using recurrent::kStepThreads;
+using recurrent::SequenceParams;
+using recurrent::SequenceSmem;
+using recurrent::StepParams;
+
+struct DeviceInfo {
+  int sm_count = 0;
+  int cc_major = 0;
+  int smem_optin = 0;  // largest dynamic shared memory per block after opting in
+};
+
+// Device attributes, queried once per device (cheap calls, but the step runs thousands of times).
+mlstm_status device_info(int device, DeviceInfo* info) {
+  constexpr int kMaxDevices = 64;
+  static std::mutex mutex;
+  static DeviceInfo cache[kMaxDevices];
+  static bool known[kMaxDevices] = {};
+  const bool cacheable = device >= 0 && device < kMaxDevices;
+  if (cacheable) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (known[device]) {
+      *info = cache[device];
+      return MLSTM_OK;
+    }
+  }
+  MLSTM_CUDA_CHECK(cudaDeviceGetAttribute(&info->sm_count, cudaDevAttrMultiProcessorCount, device));
+  MLSTM_CUDA_CHECK(cudaDeviceGetAttribute(&info->cc_major, cudaDevAttrComputeCapabilityMajor, device));
+  MLSTM_CUDA_CHECK(cudaDeviceGetAttribute(&info->smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  if (cacheable) {
+    std::lock_guard<std::mutex> lock(mutex);
+    cache[device] = *info;
+    known[device] = true;
+  }
   return MLSTM_OK;
 }
-mlstm_status sequence_fwd(const FwdParams&) {
-  return fail(MLSTM_ERROR_UNSUPPORTED, "sequence: no CUDA kernel in this build yet");
+
+// Largest power of two <= `limit` that divides the address and every byte stride/offset given.
+int common_alignment(int limit, const void* ptr, std::initializer_list<int64_t> byte_values) {
+  int a = limit;
+  auto fits = [&](uint64_t x) { return x % uint64_t(a) == 0; };
+  for (;;) {
+    bool ok = fits(reinterpret_cast<uintptr_t>(ptr));
+    for (int64_t x : byte_values) ok = ok && fits(uint64_t(x));
+    if (ok || a == 1) return a;
+    a /= 2;
+  }
 }
-mlstm_status step_fwd(const FwdParams&) { return fail(MLSTM_ERROR_UNSUPPORTED, "step: no CUDA kernel in this build yet"); }
+
+// One dispatch point per form: runtime dtype -> template type, loud default for anything else.
+#define MLSTM_RECURRENT_DISPATCH(dtype, what, T, ...)                                              \
+  switch (dtype) {                                                                                 \
+    case MLSTM_FLOAT32: {                                                                          \
+      using T = float;                                                                             \
+      __VA_ARGS__                                                                                  \
+    } break;                                                                                       \
+    case MLSTM_FLOAT16: {                                                                          \
+      using T = __half;                                                                            \
+      __VA_ARGS__                                                                                  \
+    } break;                                                                                       \
+    case MLSTM_BFLOAT16: {                                                                         \
+      using T = __nv_bfloat16;                                                                     \
+      __VA_ARGS__                                                                                  \
+    } break;                                                                                       \
+    default:                                                                                       \
+      return fail(MLSTM_ERROR_UNSUPPORTED, "%s: dtype code %d is not supported on CUDA", what, int(dtype)); \
+  }
+
+// ---- step ---------------------------------------------------------------------------------------------
+
+template <typename TS, typename TQ>
+mlstm_status launch_step(const FwdParams& p, const DeviceInfo& dev, cudaStream_t stream) {
+  constexpr int kVec = 16 / sizeof(TS);
+  constexpr int64_t es = sizeof(TS);
+  const int64_t BH = p.B * p.NH;
+
+  const bool c_in_place = p.has_initial && p.c_last.data == p.c_initial.data;
+  const bool nm_in_place = p.has_initial && (p.n_last.data == p.n_initial.data || p.m_last.data == p.m_initial.data);
+  if (c_in_place && (p.c_last.stride[0] != p.c_initial.stride[0] || p.c_last.stride[1] != p.c_initial.stride[1] ||
+                     p.c_last.stride[2] != p.c_initial.stride[2]))
+    return fail(MLSTM_ERROR_INVALID_ARGUMENT, "step: c_last is the c_initial buffer but with other strides");
+
+  // 16-byte state vectors need 16-byte aligned rows (slab starts are multiples of kVec columns).
+  bool vec_ok = common_alignment(16, p.c_last.data, {p.c_last.stride[0] * es, p.c_last.stride[1] * es,
+                                                     p.c_last.stride[2] * es}) == 16;
+  if (p.has_initial)
+    vec_ok = vec_ok && common_alignment(16, p.c_initial.data, {p.c_initial.stride[0] * es, p.c_initial.stride[1] * es,
+                                                               p.c_initial.stride[2] * es}) == 16;
+  const int vec = vec_ok ? kVec : 1;
+
+  // Slabs per (b, h): about four blocks per SM so that small batches fill the GPU; each slab at
+  // least 16 columns and a whole number of vectors. In place, the slabs of a (b, h) form one
+  // cluster (at most 8 blocks, the portable limit) or, before sm_90, there is a single slab.
+  const bool use_cluster = nm_in_place && dev.cc_major >= 9;
+  const int64_t vectors = p.DHHV / vec;
+  const int cap = nm_in_place ? (use_cluster ? 8 : 1) : 64;
+  const int64_t target = std::max<int64_t>(1, (4 * int64_t(dev.sm_count) + BH - 1) / BH);
+  int nslab = 1;
+  for (int d = 2; d <= cap && d <= target; ++d)
+    if (vectors % d == 0 && p.DHHV / d >= 16) nslab = d;
+  const int slab_width = static_cast<int>(p.DHHV / nslab);
+  int tile_threads = 16;
+  while ((slab_width / vec) % tile_threads != 0) tile_threads /= 2;
+
+  StepParams sp;
+  sp.NH = p.NH, sp.DHQK = p.DHQK, sp.DHHV = p.DHHV;
+  sp.nslab = nslab, sp.slab_width = slab_width, sp.tile_threads = tile_threads;
+  sp.has_initial = p.has_initial;
+  sp.cluster_in_place = use_cluster && nslab > 1;
+  sp.eps = p.eps, sp.qk_scale = p.qk_scale;
+  sp.gate_dtype = p.i.dtype;
+  sp.q = p.q.data, sp.q_s0 = p.q.stride[0], sp.q_s1 = p.q.stride[1];
+  sp.k = p.k.data, sp.k_s0 = p.k.stride[0], sp.k_s1 = p.k.stride[1];
+  sp.v = p.v.data, sp.v_s0 = p.v.stride[0], sp.v_s1 = p.v.stride[1];
+  sp.i = p.i.data, sp.i_s0 = p.i.stride[0], sp.i_s1 = p.i.stride[1];
+  sp.f = p.f.data, sp.f_s0 = p.f.stride[0], sp.f_s1 = p.f.stride[1];
+  if (p.has_initial) {
+    sp.c_in = p.c_initial.data, sp.c_in_s0 = p.c_initial.stride[0], sp.c_in_s1 = p.c_initial.stride[1];
+    sp.c_in_s2 = p.c_initial.stride[2];
+    sp.n_in = p.n_initial.data, sp.n_in_s0 = p.n_initial.stride[0], sp.n_in_s1 = p.n_initial.stride[1];
+    sp.m_in = p.m_initial.data, sp.m_in_s0 = p.m_initial.stride[0], sp.m_in_s1 = p.m_initial.stride[1];
+  }
+  sp.c_out = p.c_last.data, sp.c_out_s0 = p.c_last.stride[0], sp.c_out_s1 = p.c_last.stride[1];
+  sp.c_out_s2 = p.c_last.stride[2];
+  sp.n_out = p.n_last.data, sp.n_out_s0 = p.n_last.stride[0], sp.n_out_s1 = p.n_last.stride[1];
+  sp.m_out = p.m_last.data, sp.m_out_s0 = p.m_last.stride[0], sp.m_out_s1 = p.m_last.stride[1];
+  sp.h = p.h.data, sp.h_s0 = p.h.stride[0], sp.h_s1 = p.h.stride[1];
+
+  void (*kernel)(StepParams) = vec == kVec ? recurrent::recurrent_step_fwd_kernel<TS, TQ, kVec>
+                                           : recurrent::recurrent_step_fwd_kernel<TS, TQ, 1>;
+  const int64_t blocks = BH * nslab;
+  if (blocks > INT32_MAX) return fail(MLSTM_ERROR_UNSUPPORTED, "step: B * NH = %lld is too large", (long long)BH);
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(blocks));
+  config.blockDim = dim3(kStepThreads);
+  config.dynamicSmemBytes = 0;
+  config.stream = stream;
+  cudaLaunchAttribute cluster;
+  cluster.id = cudaLaunchAttributeClusterDimension;
+  cluster.val.clusterDim.x = static_cast<unsigned>(nslab);
+  cluster.val.clusterDim.y = 1;
+  cluster.val.clusterDim.z = 1;
+  if (sp.cluster_in_place) {
+    config.attrs = &cluster;
+    config.numAttrs = 1;
+  }
+  MLSTM_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, sp));
+  MLSTM_CUDA_CHECK_LAUNCH("recurrent_step_fwd_kernel");
+  return MLSTM_OK;
+}
+
+// ---- sequence -------------------------------------------------------------------------------------------
+
+struct SequenceConfig {
+  int RT = 0, TR = 0, TC = 0, W = 0, nslab = 0, threads = 0, smem = 0;
+};
+
+// The state slab of a block lives in registers: RT x 4 fp32 per thread, at most 256 (RT = 32) or 512
+// (RT = 16) threads. Among the slab widths W = 4 * TC that divide DHHV, pick the one with the least
+// work on the busiest SM (blocks are spread evenly; each costs DHQK x W per step), preferring wider
+// slabs (fewer duplicated loads of q, k and n) on ties.
+SequenceConfig choose_sequence_config(const FwdParams& p, const DeviceInfo& dev, int elem_bytes) {
+  SequenceConfig best;
+  const int RT = p.DHQK % 32 == 0 ? 32 : 16;
+  const int TR = static_cast<int>(p.DHQK / RT);
+  const int max_threads = RT == 32 ? recurrent::sequence_max_threads<32>() : recurrent::sequence_max_threads<16>();
+  const int64_t BH = p.B * p.NH;
+  int64_t best_cost = INT64_MAX;
+  for (int TC = 4; TC * TR <= max_threads; ++TC) {
+    const int W = 4 * TC;
+    if (p.DHHV % W != 0) continue;
+    const SequenceSmem L(static_cast<int>(p.DHQK), W, TR, RT, elem_bytes);
+    if (L.total > dev.smem_optin) continue;
+    const int64_t nslab = p.DHHV / W;
+    const int64_t per_sm = (BH * nslab + dev.sm_count - 1) / dev.sm_count;
+    const int64_t cost = per_sm * W;
+    if (cost < best_cost || (cost == best_cost && W > best.W)) {
+      best_cost = cost;
+      best.RT = RT, best.TR = TR, best.TC = TC, best.W = W, best.nslab = static_cast<int>(nslab);
+      best.threads = (TR * TC + 31) / 32 * 32;
+      best.smem = L.total;
+    }
+  }
+  return best;
+}
+
+template <typename TQ>
+mlstm_status launch_sequence(const FwdParams& p, const DeviceInfo& dev, cudaStream_t stream) {
+  constexpr int64_t es = sizeof(TQ);
+  const SequenceConfig cfg = choose_sequence_config(p, dev, es);
+  if (cfg.W == 0)
+    return fail(MLSTM_ERROR_UNSUPPORTED, "sequence: no work split fits DHQK=%lld, DHHV=%lld on this device",
+                (long long)p.DHQK, (long long)p.DHHV);
+
+  // cp.async granularity: the largest of 16, 8, 4 bytes that every row start and length allows
+  // (2 = plain loads, for 16-bit inputs at odd element offsets).
+  const int q_align = common_alignment(16, p.q.data, {p.q.stride[0] * es, p.q.stride[1] * es, p.q.stride[2] * es});
+  const int k_align = common_alignment(16, p.k.data, {p.k.stride[0] * es, p.k.stride[1] * es, p.k.stride[2] * es});
+  const int v_align = common_alignment(16, p.v.data, {p.v.stride[0] * es, p.v.stride[1] * es, p.v.stride[2] * es,
+                                                      cfg.W * es, p.DHQK * es});
+  const int copy_bytes = std::max<int>(2, std::min({q_align, k_align, v_align}));
+
+  SequenceParams sp;
+  sp.NH = p.NH, sp.S = p.S, sp.DHQK = p.DHQK, sp.DHHV = p.DHHV;
+  sp.nslab = cfg.nslab, sp.W = cfg.W, sp.TR = cfg.TR, sp.TC = cfg.TC;
+  sp.copy_bytes = copy_bytes;
+  sp.has_initial = p.has_initial, sp.has_last = p.has_last;
+  sp.eps = p.eps, sp.qk_scale = p.qk_scale;
+  sp.gate_dtype = p.i.dtype;
+  sp.state_dtype = p.has_initial ? p.c_initial.dtype : p.has_last ? p.c_last.dtype : MLSTM_FLOAT32;
+  sp.q = p.q.data, sp.q_s0 = p.q.stride[0], sp.q_s1 = p.q.stride[1], sp.q_s2 = p.q.stride[2];
+  sp.k = p.k.data, sp.k_s0 = p.k.stride[0], sp.k_s1 = p.k.stride[1], sp.k_s2 = p.k.stride[2];
+  sp.v = p.v.data, sp.v_s0 = p.v.stride[0], sp.v_s1 = p.v.stride[1], sp.v_s2 = p.v.stride[2];
+  sp.i = p.i.data, sp.i_s0 = p.i.stride[0], sp.i_s1 = p.i.stride[1];
+  sp.f = p.f.data, sp.f_s0 = p.f.stride[0], sp.f_s1 = p.f.stride[1];
+  if (p.has_initial) {
+    sp.c_in = p.c_initial.data, sp.c_in_s0 = p.c_initial.stride[0], sp.c_in_s1 = p.c_initial.stride[1];
+    sp.c_in_s2 = p.c_initial.stride[2];
+    sp.n_in = p.n_initial.data, sp.n_in_s0 = p.n_initial.stride[0], sp.n_in_s1 = p.n_initial.stride[1];
+    sp.m_in = p.m_initial.data, sp.m_in_s0 = p.m_initial.stride[0], sp.m_in_s1 = p.m_initial.stride[1];
+  }
+  if (p.has_last) {
+    sp.c_out = p.c_last.data, sp.c_out_s0 = p.c_last.stride[0], sp.c_out_s1 = p.c_last.stride[1];
+    sp.c_out_s2 = p.c_last.stride[2];
+    sp.n_out = p.n_last.data, sp.n_out_s0 = p.n_last.stride[0], sp.n_out_s1 = p.n_last.stride[1];
+    sp.m_out = p.m_last.data, sp.m_out_s0 = p.m_last.stride[0], sp.m_out_s1 = p.m_last.stride[1];
+  }
+  sp.h = p.h.data, sp.h_s0 = p.h.stride[0], sp.h_s1 = p.h.stride[1], sp.h_s2 = p.h.stride[2];
+
+  void (*kernel)(SequenceParams) = cfg.RT == 32 ? recurrent::recurrent_sequence_fwd_kernel<TQ, 32>
+                                                : recurrent::recurrent_sequence_fwd_kernel<TQ, 16>;
+  const int64_t blocks = p.B * p.NH * cfg.nslab;
+  if (blocks > INT32_MAX)
+    return fail(MLSTM_ERROR_UNSUPPORTED, "sequence: B * NH = %lld is too large", (long long)(p.B * p.NH));
+  if (cfg.smem > 48 * 1024)
+    MLSTM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, cfg.smem));
+  kernel<<<static_cast<unsigned>(blocks), cfg.threads, cfg.smem, stream>>>(sp);
+  MLSTM_CUDA_CHECK_LAUNCH("recurrent_sequence_fwd_kernel");
+  return MLSTM_OK;
+}
+
+}  // namespace
+
+mlstm_status recurrent_fwd_sizes(const FwdParams&, mlstm_buffer_sizes* sizes) {
+  *sizes = {0, 0};  // the state stays on chip; no workspace, and these forms have no backward
+  return MLSTM_OK;
+}
+
+mlstm_status sequence_fwd(const FwdParams& p) {
+  DeviceGuard guard(p.device_index);
+  DeviceInfo dev;
+  MLSTM_RETURN_IF_ERROR(device_info(p.device_index, &dev));
+  MLSTM_RECURRENT_DISPATCH(p.q.dtype, "sequence (q, k, v, h)", TQ,
+                           return launch_sequence<TQ>(p, dev, stream_of(p.stream));)
+  return MLSTM_OK;
+}
+
+mlstm_status step_fwd(const FwdParams& p) {
+  DeviceGuard guard(p.device_index);
+  DeviceInfo dev;
+  MLSTM_RETURN_IF_ERROR(device_info(p.device_index, &dev));
+  const mlstm_dtype state_dtype = p.has_initial ? p.c_initial.dtype : p.c_last.dtype;
+  MLSTM_RECURRENT_DISPATCH(state_dtype, "step (states)", TS,
+                           MLSTM_RECURRENT_DISPATCH(p.q.dtype, "step (q, k, v, h)", TQ,
+                                                    return launch_step<TS, TQ>(p, dev, stream_of(p.stream));))
+  return MLSTM_OK;
+}
 
 }  // namespace mlstm::cuda
