@@ -131,12 +131,19 @@ def _bytes(n: int, like: torch.Tensor) -> torch.Tensor:
     return torch.empty(n, dtype=torch.uint8, device=like.device)
 
 
+def _output(like: torch.Tensor, shape, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Every output the core writes is allocated here: contiguous, on like's device, uninitialised.
+    The real and the fake implementations both use it, so their layouts agree (and a test can
+    poison all outputs in one place)."""
+    return torch.empty(shape, dtype=like.dtype if dtype is None else dtype, device=like.device)
+
+
 def _empty_states(q: torch.Tensor, DHHV: int, dtype: torch.dtype):
     B, NH, DHQK = q.shape[0], q.shape[1], q.shape[-1]
     return (
-        q.new_empty((B, NH, DHQK, DHHV), dtype=dtype),  # (B, NH, DHQK, DHHV)
-        q.new_empty((B, NH, DHQK), dtype=dtype),  # (B, NH, DHQK)
-        q.new_empty((B, NH, 1), dtype=dtype),  # (B, NH, 1)
+        _output(q, (B, NH, DHQK, DHHV), dtype),  # (B, NH, DHQK, DHHV)
+        _output(q, (B, NH, DHQK), dtype),  # (B, NH, DHQK)
+        _output(q, (B, NH, 1), dtype),  # (B, NH, 1)
     )
 
 
@@ -164,7 +171,7 @@ def _train_fwd(core_fn, sizes_fn, q, k, v, i, f, c0, n0, m0, eps, chunk_size, al
     m0 = _unit_inner(_m_view(m0))
     B, NH, S, DHHV = q.shape[0], q.shape[1], q.shape[2], v.shape[-1]
     state_dtype = _state_dtype(q, c0)
-    h = q.new_empty((B, NH, S, DHHV))  # (B, NH, S, DHHV)
+    h = _output(q, (B, NH, S, DHHV))  # (B, NH, S, DHHV)
     last = _empty_states(q, DHHV, state_dtype) if return_last_states else _no_states(q, state_dtype)
     a = _args(_core.FwdArgs, q, v, S, eps, chunk_size, algorithm)
     _set(a, _desc, q=q, k=k, v=v, i=i, f=f, c_initial=c0, n_initial=n0, m_initial=m0, h=h)
@@ -182,7 +189,7 @@ def _train_fwd(core_fn, sizes_fn, q, k, v, i, f, c0, n0, m0, eps, chunk_size, al
 def _train_fwd_fake(sizes_fn, q, v, c0, chunk_size, algorithm, return_last_states, save, **presence):
     B, NH, S, DHHV = q.shape[0], q.shape[1], q.shape[2], v.shape[-1]
     state_dtype = _state_dtype(q, c0)
-    h = q.new_empty((B, NH, S, DHHV))
+    h = _output(q, (B, NH, S, DHHV))
     last = _empty_states(q, DHHV, state_dtype) if return_last_states else _no_states(q, state_dtype)
     a = _args(_core.FwdArgs, q, v, S, 0.0, chunk_size, algorithm, fake=True)
     _set(a, _size_desc, q=q, **presence)
@@ -234,12 +241,12 @@ _LIB.define(
 
 
 def _train_grads(q, k, v, i, c0, n0, m0):
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    di, df = torch.empty_like(i), torch.empty_like(i)
+    dq, dk, dv = _output(q, q.shape), _output(k, k.shape), _output(v, v.shape)
+    di, df = _output(i, i.shape), _output(i, i.shape)
     if c0 is None:
         dstates = _no_states(q, _state_dtype(q, None))
     else:
-        dstates = (torch.empty_like(c0), torch.empty_like(n0), torch.empty_like(m0))
+        dstates = (_output(c0, c0.shape), _output(n0, n0.shape), _output(m0, m0.shape))
     return (dq, dk, dv, di, df, *dstates)
 
 
@@ -368,7 +375,7 @@ def _sequence_fwd(q, k, v, i, f, c_initial, n_initial, m_initial, eps, return_la
     q, k, v, i, f, c0, n0 = (_unit_inner(t) for t in (q, k, v, i, f, c_initial, n_initial))
     m0 = _unit_inner(_m_view(m_initial))
     B, NH, S, DHHV = q.shape[0], q.shape[1], q.shape[2], v.shape[-1]
-    h = q.new_empty((B, NH, S, DHHV))  # (B, NH, S, DHHV)
+    h = _output(q, (B, NH, S, DHHV))  # (B, NH, S, DHHV)
     last = _empty_states(q, DHHV, state_dtype) if return_last_states else _no_states(q, state_dtype)
     a = _args(_core.FwdArgs, q, v, S, eps)
     _set(a, _desc, q=q, k=k, v=v, i=i, f=f, c_initial=c0, n_initial=n0, m_initial=m0, h=h)
@@ -383,9 +390,15 @@ def _sequence_fwd(q, k, v, i, f, c_initial, n_initial, m_initial, eps, return_la
 
 def _sequence_fwd_fake(q, k, v, i, f, c_initial, n_initial, m_initial, eps, return_last_states, state_dtype):
     B, NH, S, DHHV = q.shape[0], q.shape[1], q.shape[2], v.shape[-1]
-    h = q.new_empty((B, NH, S, DHHV))
+    h = _output(q, (B, NH, S, DHHV))
     last = _empty_states(q, DHHV, state_dtype) if return_last_states else _no_states(q, state_dtype)
     return (h, *last)
+
+
+def _step_outputs(q, v, c):
+    B, NH, DHQK, DHHV = q.shape[0], q.shape[1], q.shape[-1], v.shape[-1]
+    h = _output(q, (B, NH, DHHV))  # (B, NH, DHHV)
+    return (h, *_empty_states(q, DHHV, c.dtype))
 
 
 def _step_fwd(q, k, v, i, f, c, n, m, eps):
@@ -393,8 +406,7 @@ def _step_fwd(q, k, v, i, f, c, n, m, eps):
     # The ABI sees the step as a sequence of length 1: q (B, NH, 1, DHQK), i (B, NH, 1), m (B, NH).
     q, k, v, c, n = (_unit_inner(t) for t in (q, k, v, c, n))
     m = _unit_inner(_m_view(m))
-    h = q.new_empty((q.shape[0], q.shape[1], v.shape[-1]))  # (B, NH, DHHV)
-    c_new, n_new, m_new = torch.empty_like(c), torch.empty_like(n), c.new_empty((q.shape[0], q.shape[1], 1))
+    h, c_new, n_new, m_new = _step_outputs(q, v, c)
     a = _args(_core.FwdArgs, q, v, 1, eps)
     _set(a, _desc, q=q.unsqueeze(2), k=k.unsqueeze(2), v=v.unsqueeze(2), i=i, f=f, h=h.unsqueeze(2),
          c_initial=c, n_initial=n, m_initial=m, c_last=c_new, n_last=n_new, m_last=_m_view(m_new))
@@ -406,8 +418,7 @@ def _step_fwd(q, k, v, i, f, c, n, m, eps):
 
 
 def _step_fwd_fake(q, k, v, i, f, c, n, m, eps):
-    h = q.new_empty((q.shape[0], q.shape[1], v.shape[-1]))
-    return h, torch.empty_like(c), torch.empty_like(n), c.new_empty((q.shape[0], q.shape[1], 1))
+    return _step_outputs(q, v, c)
 
 
 # ---------------------------------------------------------------------------------------------

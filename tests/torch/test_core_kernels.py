@@ -1,0 +1,526 @@
+"""The core kernels through the torch layer, against the float64 references.
+
+Every core kernel — chunkwise limit_chunk and xl_chunk, parallel tiled, the fused step, the fused
+sequence and the loop of fused steps — in every dtype (float32, float16, bfloat16; float64 on CPU)
+is compared with ``mlstm_recurrent_reference`` (``mlstm_parallel_reference`` for the parallel form)
+run in float64 on the same rounded inputs: the output h, the last states and, for the training
+kernels, the gradients of a random linear loss on h and the last states w.r.t. every input (q, k, v,
+i, f and the initial states). Tolerances come from ``utils.derived_tolerance``: the error of the
+reference itself run in float32, scaled to the kernel's dtype, times a small factor, within the
+dtype's floor and the SPEC targets.
+
+Every output the core writes is allocated NaN-filled (the ``poisoned_outputs`` fixture), so an
+element the kernel forgets to write fails the comparison.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import mlstm_kernels.torch as mt
+from mlstm_kernels.torch import _ops
+from mlstm_kernels.torch.reference import mlstm_parallel_reference, mlstm_recurrent_reference
+
+from .utils import Inputs, compare, derived_tolerance, make_inputs, poison_, rel_error
+
+CORE_CHUNKWISE = ("chunkwise--limit_chunk", "chunkwise--xl_chunk")
+DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+STATE_NAMES = ("c_initial", "n_initial", "m_initial")
+
+
+@pytest.fixture(autouse=True)
+def poisoned_outputs(monkeypatch):
+    """Every tensor the core writes starts as NaN."""
+    allocate = _ops._output
+
+    def poisoned(like, shape, dtype=None):
+        return poison_(allocate(like, shape, dtype))
+
+    monkeypatch.setattr(_ops, "_output", poisoned)
+
+
+def core_devices(dtype):
+    """CPU, and CUDA (marked gpu) when present; float64 is a CPU-only dtype."""
+    devices = ["cpu"]
+    if torch.cuda.is_available() and dtype != torch.float64:
+        devices.append(pytest.param("cuda", marks=pytest.mark.gpu))
+    return devices
+
+
+def dtype_device_params(dtypes=DTYPES):
+    return [
+        pytest.param(dtype, device, id=f"{str(dtype).replace('torch.', '')}-{getattr(device, 'values', [device])[0]}")
+        for dtype in dtypes
+        for device in core_devices(dtype)
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a kernel with a loss on all its outputs, and checking every output and gradient.
+
+
+def loss_weights(outputs: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """Random float64 weights W for the loss Σ W·out, the same for a kernel and its reference."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    return {name: torch.randn(out.shape, generator=gen, dtype=torch.float64) for name, out in sorted(outputs.items())}
+
+
+def outputs_of(result) -> dict[str, torch.Tensor]:
+    if isinstance(result, tuple):
+        h, (c_last, n_last, m_last) = result
+        return {"h": h, "c_last": c_last, "n_last": n_last, "m_last": m_last}
+    return {"h": result}
+
+
+def run(fn, inputs: Inputs, *, grads: bool = True, loss_on=None, **kwargs) -> dict[str, torch.Tensor]:
+    """Outputs of fn(**inputs, **kwargs) and, with `grads`, the gradients "d<input>" of a random
+    linear loss on the outputs named in `loss_on` (default: all of them)."""
+    leaves = inputs.detached(requires_grad=grads)
+    outputs = outputs_of(fn(**leaves, **kwargs))
+    res = {n: o.detach() for n, o in outputs.items()}
+    if grads:
+        names = list(outputs) if loss_on is None else list(loss_on)
+        weights = loss_weights(outputs, inputs.seed)
+        gs = torch.autograd.grad(
+            [outputs[n] for n in names],
+            list(leaves.values()),
+            [weights[n].to(device=outputs[n].device, dtype=outputs[n].dtype) for n in names],
+        )
+        res.update({"d" + key: g for key, g in zip(leaves, gs)})
+    return res
+
+
+def reference(reference_fn, inputs: Inputs, *, grads: bool = True, loss_on=None, **kwargs):
+    """(float64 reference, the same reference run in float32 on the same rounded inputs)."""
+    ref = run(reference_fn, inputs.to(torch.float64, "cpu"), grads=grads, loss_on=loss_on, **kwargs)
+    plain = run(reference_fn, inputs.to(torch.float32, "cpu"), grads=grads, loss_on=loss_on, **kwargs)
+    return ref, plain
+
+
+def check_all(name, res, ref, plain, *, dtype, shape_info, baseline="recurrent_reference_fp64"):
+    assert set(res) == set(ref), f"{name}: outputs {sorted(res)} != reference {sorted(ref)}"
+    for key in res:
+        plain_err = rel_error(plain[key], ref[key]) if plain is not None else 0.0
+        tol = derived_tolerance(plain_err, dtype, grad=key.startswith("d"), plain_dtype=torch.float32)
+        compare(
+            f"{name} {key}", res[key], ref[key], target=name, baseline=baseline, shape_info=shape_info,
+            dtype=dtype, tol_rel=tol,
+        )
+
+
+def reference_with_states(**kw):
+    return mlstm_recurrent_reference(**kw)
+
+
+def reference_h(**kw):
+    return mlstm_recurrent_reference(**kw)[0]
+
+
+def shape_id(shape) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training kernels: chunkwise.
+
+# (B, NH, S, DHQK, DHHV, L): S = 1, S < L, partial last chunks, B and NH not powers of two, DHQK ≠ DHHV.
+SHAPES = [
+    (1, 1, 1, 16, 16, 16),
+    (2, 3, 7, 16, 32, 16),
+    (3, 1, 63, 32, 16, 16),
+    (1, 3, 130, 16, 48, 32),
+    (2, 1, 130, 32, 32, 64),
+]
+# Long sequences: fewer combinations, they dominate the reference's cost.
+LONG_SHAPES = [(1, 2, 500, 16, 32, 64), (1, 1, 989, 32, 16, 128)]
+VARIANTS = {
+    "plain": dict(),
+    "fbias3_initial": dict(f_bias=3.0, with_initial=True),
+    "large_i_initial": dict(i_scale=8.0, with_initial=True),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("dtype, device", dtype_device_params())
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
+def test_chunkwise_vs_reference(shape, dtype, device, variant):
+    B, NH, S, DHQK, DHHV, L = shape
+    inputs = make_inputs(B, NH, S, DHQK, DHHV, dtype, device, **VARIANTS[variant])
+    ref, plain = reference(reference_with_states, inputs)
+    info = dict(S=S, B=B, NH=NH, DHQK=DHQK, DHHV=DHHV, L=L, variant=variant, device=device, seed=inputs.seed)
+    for name in CORE_CHUNKWISE:
+        res = run(mt.get_mlstm_kernel(name), inputs, return_last_states=True, chunk_size=L)
+        check_all(name, res, ref, plain, dtype=dtype, shape_info=info)
+
+
+@pytest.mark.parametrize("dtype, device", dtype_device_params([torch.float32, torch.bfloat16]))
+@pytest.mark.parametrize("shape", LONG_SHAPES, ids=shape_id)
+def test_chunkwise_long_sequences(shape, dtype, device):
+    B, NH, S, DHQK, DHHV, L = shape
+    inputs = make_inputs(B, NH, S, DHQK, DHHV, dtype, device, f_bias=3.0, i_scale=3.0, with_initial=True)
+    ref, plain = reference(reference_with_states, inputs)
+    info = dict(S=S, B=B, NH=NH, DHQK=DHQK, DHHV=DHHV, L=L, device=device, seed=inputs.seed)
+    for name, chunk_size in (("chunkwise--limit_chunk", L), ("chunkwise--xl_chunk", 256)):
+        res = run(mt.get_mlstm_kernel(name), inputs, return_last_states=True, chunk_size=chunk_size)
+        check_all(name, res, ref, plain, dtype=dtype, shape_info={**info, "L": chunk_size})
+
+
+@pytest.mark.parametrize(
+    "name, chunk_sizes",
+    [("chunkwise--limit_chunk", (16, 32, 64, 128)), ("chunkwise--xl_chunk", (16, 64, 256, 512, 4096))],
+)
+def test_chunk_sizes(name, chunk_sizes):
+    """Every supported chunk size gives the reference (S = 300: partial last chunks, S < L too)."""
+    B, NH, S, DHQK, DHHV = 1, 2, 300, 8, 12
+    inputs = make_inputs(B, NH, S, DHQK, DHHV, torch.float64, "cpu", with_initial=True, i_scale=3.0, f_bias=1.0)
+    ref = run(reference_with_states, inputs)
+    for L in chunk_sizes:
+        res = run(mt.get_mlstm_kernel(name), inputs, return_last_states=True, chunk_size=L)
+        info = dict(S=S, B=B, NH=NH, DHQK=DHQK, DHHV=DHHV, L=L, seed=inputs.seed)
+        check_all(name, res, ref, None, dtype=torch.float64, shape_info=info)
+
+
+@pytest.mark.parametrize("dtype, device", dtype_device_params([torch.float32, torch.float64]))
+@pytest.mark.parametrize("name", CORE_CHUNKWISE)
+def test_state_passing(name, dtype, device):
+    """Three calls, each started from the previous one's last states, == one call over the whole
+    sequence == the reference: outputs, last states and every gradient (initial states included)."""
+    fn = mt.get_mlstm_kernel(name)
+    B, NH, S, DHQK, DHHV, L = 2, 3, 150, 16, 24, 32
+    cuts = (0, 45, 101, S)
+    inputs = make_inputs(B, NH, S, DHQK, DHHV, dtype, device, with_initial=True, f_bias=2.0)
+
+    def pieces(q, k, v, i, f, c_initial, n_initial, m_initial):
+        states, hs = (c_initial, n_initial, m_initial), []
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            h, states = fn(
+                q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], i[..., a:b], f[..., a:b], *states,
+                return_last_states=True, chunk_size=L,
+            )
+            hs.append(h)
+        return torch.cat(hs, dim=2), states
+
+    ref, plain = reference(reference_with_states, inputs)
+    res = run(pieces, inputs)
+    info = dict(S="45+56+49", B=B, NH=NH, DHQK=DHQK, DHHV=DHHV, L=L, device=device, seed=inputs.seed)
+    check_all(f"{name}(3 calls)", res, ref, plain, dtype=dtype, shape_info=info)
+    one_call = run(fn, inputs, return_last_states=True, chunk_size=L)
+    for key in res:
+        compare(
+            f"{name}(3 calls) {key}", res[key], one_call[key], target=f"{name}(3 calls)", baseline=f"{name}(1 call)",
+            shape_info=info, dtype=dtype, tol_rel=derived_tolerance(0.0, dtype, grad=key.startswith("d")),
+        )
+
+
+@pytest.mark.parametrize("loss_on", [("h",), ("c_last",), ("n_last", "m_last"), ("m_last",)], ids="+".join)
+@pytest.mark.parametrize("name", CORE_CHUNKWISE)
+def test_losses_on_some_outputs(name, loss_on):
+    """Gradients when the loss uses only some outputs (the others get no gradient at all)."""
+    B, NH, S, DHQK, DHHV = 2, 2, 45, 8, 12
+    inputs = make_inputs(B, NH, S, DHQK, DHHV, torch.float64, "cpu", with_initial=True, i_scale=3.0)
+    ref = run(reference_with_states, inputs, loss_on=loss_on)
+    res = run(mt.get_mlstm_kernel(name), inputs, loss_on=loss_on, return_last_states=True, chunk_size=16)
+    info = dict(S=S, B=B, NH=NH, DHQK=DHQK, DHHV=DHHV, loss="+".join(loss_on), seed=inputs.seed)
+    check_all(name, res, ref, None, dtype=torch.float64, shape_info=info)
+
+
+@pytest.mark.parametrize("name", CORE_CHUNKWISE)
+def test_without_last_states(name):
+    """return_last_states=False returns h alone; gradients w.r.t. the initial states still flow."""
+    B, NH, S, DHQK, DHHV = 2, 1, 45, 8, 8
+    inputs = make_inputs(B, NH, S, DHQK, DHHV, torch.float64, "cpu", with_initial=True)
+    res = run(mt.get_mlstm_kernel(name), inputs, chunk_size=16)
+    assert set(res) == {"h", "dq", "dk", "dv", "di", "df", "dc_initial", "dn_initial", "dm_initial"}
+    ref = run(reference_h, inputs)
+    info = dict(S=S, B=B, NH=NH, DHQK=DHQK, DHHV=DHHV, seed=inputs.seed)
+    check_all(name, res, ref, None, dtype=torch.float64, shape_info=info)
+
+
+@pytest.mark.parametrize("name", CORE_CHUNKWISE)
+def test_only_some_inputs_require_grad(name):
+    B, NH, S, DHQK, DHHV = 1, 2, 33, 8, 8
+    inputs = make_inputs(B, NH, S, DHQK, DHHV, torch.float64, "cpu", with_initial=True)
+    leaves = inputs.detached()
+    leaves["v"].requires_grad_(True)
+    leaves["m_initial"].requires_grad_(True)
+    h, (c, n, m) = mt.get_mlstm_kernel(name)(**leaves, return_last_states=True, chunk_size=16)
+    dv, dm0 = torch.autograd.grad(h.sum() + c.sum(), [leaves["v"], leaves["m_initial"]])
+    ref_leaves = inputs.detached()
+    ref_leaves["v"].requires_grad_(True)
+    ref_leaves["m_initial"].requires_grad_(True)
+    h_ref, (c_ref, _, _) = mlstm_recurrent_reference(**ref_leaves)
+    dv_ref, dm0_ref = torch.autograd.grad(h_ref.sum() + c_ref.sum(), [ref_leaves["v"], ref_leaves["m_initial"]])
+    info = dict(S=S, B=B, NH=NH, DHQK=DHQK, DHHV=DHHV, seed=inputs.seed)
+    tol = derived_tolerance(0.0, torch.float64, grad=True)
+    compare(f"{name} dv", dv, dv_ref, target=name, baseline="recurrent_reference_fp64", shape_info=info, dtype=torch.float64, tol_rel=tol)
+    compare(f"{name} dm_initial", dm0, dm0_ref, target=name, baseline="recurrent_reference_fp64", shape_info=info, dtype=torch.float64, tol_rel=tol)
+
+
+@pytest.mark.parametrize("name", CORE_CHUNKWISE)
+def test_m_initial_of_shape_B_NH(name):
+    """m_initial (B, NH) (upstream's JAX layout) is accepted; its gradient has the same shape."""
+    B, NH, S, DHQK, DHHV = 2, 3, 20, 8, 8
+    inputs = make_inputs(B, NH, S, DHQK, DHHV, torch.float64, "cpu", with_initial=True)
+    flat = inputs.detached()
+    flat["m_initial"] = flat["m_initial"][..., 0].clone().requires_grad_(True)
+    h, _ = mt.get_mlstm_kernel(name)(**flat, return_last_states=True, chunk_size=16)
+    (dm0,) = torch.autograd.grad(h.sum(), [flat["m_initial"]])
+    assert dm0.shape == (B, NH)
+    h_ref = run(reference_h, inputs, grads=False)["h"]
+    compare(f"{name} h", h, h_ref, target=name, baseline="recurrent_reference_fp64", shape_info=dict(S=S, B=B, NH=NH),
+            dtype=torch.float64, tol_rel=derived_tolerance(0.0, torch.float64))
+
+
+@pytest.mark.parametrize("eps", [0.0, 1e-3])
+@pytest.mark.parametrize("name", CORE_CHUNKWISE + ("parallel--tiled",))
+def test_eps(name, eps):
+    B, NH, S, DHQK, DHHV = 1, 2, 40, 8, 8
+    parallel = name.startswith("parallel")
+    inputs = make_inputs(B, NH, S, DHQK, DHHV, torch.float64, "cpu", with_initial=not parallel, i_scale=3.0)
+    ref_fn = mlstm_parallel_reference if parallel else reference_h
+    ref = run(ref_fn, inputs, eps=eps)
+    res = run(mt.get_mlstm_kernel(name), inputs, eps=eps, chunk_size=16)
+    check_all(name, res, ref, None, dtype=torch.float64, shape_info=dict(S=S, B=B, NH=NH, eps=eps, seed=inputs.seed))
+
+
+@pytest.mark.parametrize("name", CORE_CHUNKWISE + ("parallel--tiled",))
+def test_negative_eps_is_rejected_by_the_core(name):
+    inputs = make_inputs(1, 1, 4, 8, 8, torch.float32, "cpu")
+    with pytest.raises(ValueError, match="eps"):
+        mt.get_mlstm_kernel(name)(**inputs, eps=-1.0, chunk_size=16)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training kernels: parallel.
+
+PARALLEL_SHAPES = [(1, 1, 1, 16, 16), (2, 3, 7, 16, 32), (3, 1, 63, 32, 16), (1, 3, 130, 16, 48), (1, 1, 500, 16, 16)]
+
+
+@pytest.mark.parametrize("variant", ["plain", "fbias3", "large_i"])
+@pytest.mark.parametrize("dtype, device", dtype_device_params())
+@pytest.mark.parametrize("shape", PARALLEL_SHAPES, ids=shape_id)
+def test_parallel_vs_reference(shape, dtype, device, variant):
+    B, NH, S, DHQK, DHHV = shape
+    dist = {"plain": {}, "fbias3": dict(f_bias=3.0), "large_i": dict(i_scale=8.0)}[variant]
+    inputs = make_inputs(B, NH, S, DHQK, DHHV, dtype, device, **dist)
+    ref, plain = reference(mlstm_parallel_reference, inputs)
+    res = run(mt.get_mlstm_kernel("parallel--tiled"), inputs)
+    info = dict(S=S, B=B, NH=NH, DHQK=DHQK, DHHV=DHHV, variant=variant, device=device, seed=inputs.seed)
+    check_all("parallel--tiled", res, ref, plain, dtype=dtype, shape_info=info, baseline="parallel_reference_fp64")
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference kernels: sequence and step (forward only).
+
+SEQUENCE_CORE = ("fused_sequence", "native_sequence__fused")
+
+
+@pytest.mark.parametrize("with_initial", [False, True], ids=["zero_state", "initial_state"])
+@pytest.mark.parametrize("dtype, device", dtype_device_params())
+@pytest.mark.parametrize("S", [1, 7, 63, 130])
+def test_sequence_vs_reference(S, dtype, device, with_initial):
+    B, NH, DHQK, DHHV = 3, 2, 16, 32
+    inputs = make_inputs(B, NH, S, DHQK, DHHV, dtype, device, f_bias=1.0, i_scale=3.0, with_initial=with_initial)
+    ref, plain = reference(reference_with_states, inputs, grads=False)
+    state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    info = dict(S=S, B=B, NH=NH, DHQK=DHQK, DHHV=DHHV, device=device, seed=inputs.seed)
+    for name in SEQUENCE_CORE:
+        with torch.no_grad():
+            res = run(mt.get_mlstm_sequence_kernel(name), inputs, grads=False, return_last_states=True, dtype_state=state_dtype)
+        assert all(res[k].dtype == state_dtype for k in ("c_last", "n_last", "m_last"))
+        assert res["h"].dtype == dtype
+        check_all(name, res, ref, plain, dtype=dtype, shape_info=info)
+
+
+@pytest.mark.parametrize("name", SEQUENCE_CORE)
+def test_sequence_without_last_states(name):
+    inputs = make_inputs(2, 2, 19, 8, 8, torch.float64, "cpu", with_initial=True)
+    with torch.no_grad():
+        h = mt.get_mlstm_sequence_kernel(name)(**inputs, dtype_state=torch.float64)
+    assert isinstance(h, torch.Tensor)
+    h_ref = run(reference_h, inputs, grads=False)["h"]
+    compare(f"{name} h", h, h_ref, target=name, baseline="recurrent_reference_fp64", shape_info=dict(S=19),
+            dtype=torch.float64, tol_rel=derived_tolerance(0.0, torch.float64))
+
+
+@pytest.mark.parametrize("state_dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", SEQUENCE_CORE)
+def test_sequence_low_precision_states(name, state_dtype):
+    """dtype_state=bf16/fp16 keeps the states in that dtype; outputs stay within the 16-bit targets
+    of a reference started from the same rounded initial states."""
+    B, NH, S, DHQK, DHHV = 2, 2, 24, 16, 16
+    inputs = make_inputs(B, NH, S, DHQK, DHHV, torch.float32, "cpu", with_initial=True, f_bias=2.0)
+    for key in STATE_NAMES:
+        inputs[key] = inputs[key].to(state_dtype)
+    with torch.no_grad():
+        h, states = mt.get_mlstm_sequence_kernel(name)(**inputs, return_last_states=True, dtype_state=state_dtype)
+    assert all(s.dtype == state_dtype for s in states)
+    ref = run(reference_with_states, inputs.to(torch.float64), grads=False)
+    info = dict(S=S, B=B, NH=NH, DHQK=DHQK, DHHV=DHHV, state_dtype=state_dtype, seed=inputs.seed)
+    # Each step rounds the state to 16 bits: the error grows like the square root of S.
+    tol = derived_tolerance(0.0, state_dtype) * math.sqrt(S)
+    for key, out in zip(("h", "c_last", "n_last", "m_last"), (h, *states)):
+        compare(f"{name} {key}", out, ref[key], target=f"{name}(dtype_state={state_dtype})",
+                baseline="recurrent_reference_fp64", shape_info=info, dtype=state_dtype, tol_rel=min(tol, 2e-2))
+
+
+def step_as_sequence(step_fn, state_dtype):
+    def fn(q, k, v, i, f, c_initial, n_initial, m_initial):
+        h, states = step_fn(q[:, :, 0], k[:, :, 0], v[:, :, 0], i, f, c_initial, n_initial, m_initial, dtype_state=state_dtype)
+        return h[:, :, None], states
+
+    return fn
+
+
+@pytest.mark.parametrize("dtype, device", dtype_device_params())
+@pytest.mark.parametrize("variant", ["plain", "large_i"])
+def test_step_vs_reference(dtype, device, variant):
+    B, NH, DHQK, DHHV = 3, 5, 16, 48
+    inputs = make_inputs(B, NH, 1, DHQK, DHHV, dtype, device, with_initial=True, i_scale=8.0 if variant == "large_i" else 1.0)
+    state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    ref, plain = reference(reference_with_states, inputs, grads=False)
+    with torch.no_grad():
+        res = run(step_as_sequence(mt.get_mlstm_step_kernel("fused"), state_dtype), inputs, grads=False)
+    assert res["h"].dtype == dtype and res["c_last"].dtype == state_dtype and res["m_last"].shape == (B, NH, 1)
+    info = dict(S=1, B=B, NH=NH, DHQK=DHQK, DHHV=DHHV, variant=variant, device=device, seed=inputs.seed)
+    check_all("step--fused", res, ref, plain, dtype=dtype, shape_info=info)
+
+
+def test_step_accepts_gates_of_shape_B_NH():
+    B, NH, DHQK, DHHV = 2, 3, 8, 8
+    inputs = make_inputs(B, NH, 1, DHQK, DHHV, torch.float64, "cpu", with_initial=True)
+    q, k, v = (inputs[n][:, :, 0] for n in "qkv")
+    states = [inputs[n] for n in STATE_NAMES]
+    fused = mt.get_mlstm_step_kernel("fused")
+    h3, s3 = fused(q, k, v, inputs["i"], inputs["f"], *states, dtype_state=torch.float64)
+    h2, s2 = fused(q, k, v, inputs["i"][..., 0], inputs["f"][..., 0], *states, dtype_state=torch.float64)
+    torch.testing.assert_close(h2, h3, rtol=0, atol=0)
+    for a, b in zip(s2, s3):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_step_loop_equals_sequence_and_chunkwise():
+    """A loop of fused steps == the fused sequence kernel == both chunkwise kernels (float64)."""
+    B, NH, S, DHQK, DHHV = 2, 3, 37, 8, 16
+    inputs = make_inputs(B, NH, S, DHQK, DHHV, torch.float64, "cpu", with_initial=True, f_bias=2.0)
+    step = mt.get_mlstm_step_kernel("fused")
+    c, n, m = (inputs[k] for k in STATE_NAMES)
+    hs = []
+    for t in range(S):
+        h_t, (c, n, m) = step(*(inputs[key][:, :, t] for key in "qkv"), inputs["i"][:, :, t, None],
+                              inputs["f"][:, :, t, None], c, n, m, dtype_state=torch.float64)
+        hs.append(h_t)
+    loop = {"h": torch.stack(hs, dim=2), "c_last": c, "n_last": n, "m_last": m}
+    candidates = {
+        "fused_sequence": mt.get_mlstm_sequence_kernel("fused_sequence")(**inputs, return_last_states=True, dtype_state=torch.float64),
+        **{name: mt.get_mlstm_kernel(name)(**inputs, return_last_states=True, chunk_size=16) for name in CORE_CHUNKWISE},
+    }
+    info = dict(S=S, B=B, NH=NH, DHQK=DHQK, DHHV=DHHV, seed=inputs.seed)
+    for name, result in candidates.items():
+        for key, out in outputs_of(result).items():
+            compare(f"{name} {key}", out, loop[key], target=name, baseline="fused_step_loop", shape_info=info,
+                    dtype=torch.float64, tol_rel=derived_tolerance(0.0, torch.float64))
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout, autocast and no-grad behaviour of the torch layer.
+
+
+def strided_like(t: torch.Tensor, inner_stride: bool) -> torch.Tensor:
+    """The same values in a non-contiguous layout: leading dims permuted in memory, and optionally
+    every second element in the innermost dimension."""
+    if t.dim() < 3:
+        return t
+    perm = (1, 0) + tuple(range(2, t.dim()))
+    base = t.permute(perm).contiguous().permute(perm)  # leading strides swapped, inner stride 1
+    if inner_stride:
+        wide = torch.zeros(*base.shape[:-1], 2 * base.shape[-1], dtype=t.dtype, device=t.device)
+        wide[..., ::2] = base
+        return wide[..., ::2]
+    return base
+
+
+@pytest.mark.parametrize("inner_stride", [False, True], ids=["leading_strides", "inner_stride"])
+@pytest.mark.parametrize("name", CORE_CHUNKWISE + ("parallel--tiled",))
+def test_non_contiguous_inputs(name, inner_stride):
+    """Strided views give exactly the results of contiguous inputs (leading strides are passed to the
+    core; an inner stride is made contiguous first)."""
+    parallel = name.startswith("parallel")
+    inputs = make_inputs(2, 3, 37, 8, 12, torch.float64, "cpu", with_initial=not parallel)
+    strided = Inputs({k: strided_like(x, inner_stride) for k, x in inputs.items()})
+    strided.seed = inputs.seed
+    assert not strided["q"].is_contiguous()
+    kw = dict(chunk_size=16) if parallel else dict(chunk_size=16, return_last_states=True)
+    fn = mt.get_mlstm_kernel(name)
+    a, b = run(fn, inputs, **kw), run(fn, strided, **kw)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=f"{name} {key}")
+
+
+def test_non_contiguous_step_and_sequence():
+    inputs = make_inputs(2, 3, 9, 8, 12, torch.float64, "cpu", with_initial=True)
+    strided = Inputs({k: strided_like(x, True) for k, x in inputs.items()})
+    strided.seed = inputs.seed
+    seq = mt.get_mlstm_sequence_kernel("fused_sequence")
+    a = run(seq, inputs, grads=False, return_last_states=True, dtype_state=torch.float64)
+    b = run(seq, strided, grads=False, return_last_states=True, dtype_state=torch.float64)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=0)
+    step = step_as_sequence(mt.get_mlstm_step_kernel("fused"), torch.float64)
+    one = Inputs({k: (x[:, :, :1] if k in "qkvif" else x) for k, x in inputs.items()})
+    one.seed = inputs.seed
+    one_strided = Inputs({k: strided_like(x, True) for k, x in one.items()})
+    one_strided.seed = inputs.seed
+    a, b = run(step, one, grads=False), run(step, one_strided, grads=False)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kernel_dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", CORE_CHUNKWISE + ("parallel--tiled", "chunkwise--native_custbw", "parallel--native_stablef_autograd"))
+def test_autocast(name, kernel_dtype):
+    """Inside an enabled autocast region q, k, v are cast to autocast_kernel_dtype (whatever the
+    region's own dtype) and gradients reach the float32 inputs in float32; outside, the kernel runs
+    in the inputs' dtype."""
+    parallel = name.startswith("parallel")
+    fn = mt.get_mlstm_kernel(name)
+    inputs = make_inputs(2, 2, 40, 16, 16, torch.float32, "cpu", with_initial=not parallel)
+    kw = dict(chunk_size=16, autocast_kernel_dtype=kernel_dtype)
+    leaves = inputs.detached(requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = fn(**leaves, **kw)
+    assert h.dtype == kernel_dtype
+    grads = torch.autograd.grad(h.float().sum(), list(leaves.values()))
+    assert all(g.dtype == torch.float32 for g in grads)
+
+    cast = inputs.detached(requires_grad=False)
+    for key in "qkv":
+        cast[key] = cast[key].to(kernel_dtype)
+    h_cast = fn(**cast, **kw)
+    torch.testing.assert_close(h, h_cast, rtol=0, atol=0)
+
+    h_fp32 = fn(**inputs, **kw)
+    assert h_fp32.dtype == torch.float32
+
+
+def test_no_grad_skips_the_saved_buffer(monkeypatch):
+    """Without autograd the forward saves nothing for a backward; results are the same."""
+    calls = []
+    forward = _ops.chunkwise_fwd
+
+    def spy(*args):
+        calls.append(args[-1])
+        return forward(*args)
+
+    monkeypatch.setattr(_ops, "chunkwise_fwd", spy)
+    inputs = make_inputs(1, 2, 40, 8, 8, torch.float64, "cpu", with_initial=True)
+    fn = mt.get_mlstm_kernel("chunkwise--limit_chunk")
+    with torch.no_grad():
+        h_no_grad = fn(**inputs, chunk_size=16)
+    h_grad = fn(**inputs.detached(requires_grad=True), chunk_size=16)
+    assert calls == [False, True]
+    torch.testing.assert_close(h_no_grad, h_grad.detach(), rtol=0, atol=0)
