@@ -124,6 +124,7 @@ mlstm_status launch_step(const FwdParams& p, const DeviceInfo& dev, cudaStream_t
   sp.nslab = nslab, sp.slab_width = slab_width, sp.tile_threads = tile_threads;
   sp.has_initial = p.has_initial;
   sp.cluster_in_place = use_cluster && nslab > 1;
+  sp.prefetch_l2 = BH * nslab <= 2 * int64_t(dev.sm_count);
   sp.eps = p.eps, sp.qk_scale = p.qk_scale;
   sp.gate_dtype = p.i.dtype;
   sp.q = p.q.data, sp.q_s0 = p.q.stride[0], sp.q_s1 = p.q.stride[1];

@@ -27,7 +27,7 @@
 namespace mlstm::cuda::recurrent {
 
 constexpr int kStepThreads = 256;
-constexpr int kStepUnroll = 4;  // row loads in flight per thread
+constexpr int kStepUnroll = 8;  // row loads in flight per thread
 
 struct StepParams {
   int64_t NH = 0, DHQK = 0, DHHV = 0;
@@ -36,6 +36,7 @@ struct StepParams {
   int tile_threads = 1;  // threads along one row of a tile (a power of two <= 16)
   bool has_initial = false;
   bool cluster_in_place = false;  // n/m written in place: synchronise the slabs of a (b, h) by cluster
+  bool prefetch_l2 = false;       // small grids: ask L2 for the block's slab of C before the prologue
   float eps = 1e-6f, qk_scale = 1.0f;
   mlstm_dtype gate_dtype = MLSTM_FLOAT32;
   // (B,NH,1,DHQK) x2, (B,NH,1,DHHV), (B,NH,1) x2: strides of the batch and head dims, innermost 1.
@@ -64,6 +65,21 @@ __global__ void __launch_bounds__(kStepThreads) recurrent_step_fwd_kernel(const 
   const int64_t bh = blockIdx.x / p.nslab;
   const int slab = static_cast<int>(blockIdx.x % p.nslab);
   const int64_t b = bh / p.NH, hh = bh % p.NH;
+  const int64_t slab_begin = int64_t(slab) * p.slab_width;
+
+  // With few blocks in flight the latency of the first loads of C is not hidden by other blocks;
+  // start the slab on its way to L2 while the prologue runs (every 128-byte line of every row).
+  if (p.prefetch_l2 && p.has_initial) {
+    const char* c_rows = reinterpret_cast<const char*>(static_cast<const TS*>(p.c_in) + b * p.c_in_s0 + hh * p.c_in_s1 +
+                                                       slab_begin);
+    const int row_bytes = p.slab_width * static_cast<int>(sizeof(TS));
+    const int lines = (row_bytes + 127) / 128 + 1;  // +1: the row need not start on a line
+    for (int x = tid; x < p.DHQK * lines; x += kStepThreads) {
+      const int r = x / lines, l = x % lines;
+      const char* addr = c_rows + r * p.c_in_s2 * int64_t(sizeof(TS)) + min(l * 128, row_bytes - 1);
+      asm volatile("prefetch.global.L2 [%0];\n" ::"l"(addr));
+    }
+  }
 
   // Gates and stabiliser; m_{t-1} is read by every thread before the cluster arrive below.
   const float i_gate = load_any(p.i, b * p.i_s0 + hh * p.i_s1, p.gate_dtype);
@@ -106,7 +122,6 @@ __global__ void __launch_bounds__(kStepThreads) recurrent_step_fwd_kernel(const 
   TS* c_out = static_cast<TS*>(p.c_out) + b * p.c_out_s0 + hh * p.c_out_s1;
   TQ* h = static_cast<TQ*>(p.h) + b * p.h_s0 + hh * p.h_s1;
 
-  const int64_t slab_begin = int64_t(slab) * p.slab_width;
   for (int64_t tile = slab_begin; tile < slab_begin + p.slab_width; tile += tile_width) {
     const int64_t col = tile + col_in_tile;
     float v_col[VEC], h_acc[VEC];
