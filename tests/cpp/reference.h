@@ -1,6 +1,7 @@
 // Plain references of the mLSTM forms (SPEC §2), written for clarity, not speed: the recurrent
 // definition (forward, last states, and its backward by the chain rule, step by step), and the
-// parallel form built from the S x S matrix logD (stablef: running sums down each column).
+// parallel form built from the S x S matrix logD (stablef: running sums down each column), with its
+// backward in matrix form as docs/dev-notes.md derives it.
 //
 // Templated on the scalar so that the same code run in float gives the error of a plain
 // low-precision implementation: the tests derive their fp32 tolerances from it.
@@ -269,6 +270,102 @@ Grads<T> recurrent_backward(const Inputs<T>& in, bool m_starts_at_neg_inf, const
     std::copy(dC.begin(), dC.end(), &g.dc0[bh * DK * DV]);
     std::copy(dn.begin(), dn.end(), &g.dn0[bh * DK]);
     g.dm0[bh] = dm;
+  }
+  return g;
+}
+
+// The parallel form's backward in matrix form, as docs/dev-notes.md derives it ("Exact gradients"):
+// with the stabiliser held fixed, dS = dH' V^T + sigma 1^T (dH' = dH / d, sigma the normaliser
+// gradient), P = dS o D' gives dQ_hat = P K, dK = P^T Q_hat, dV = C~^T dH'; the gates follow from
+// di_s = k_s . dk_s and dft_r = sum_{t>=r} (q_t . dq_t - k_t . dk_t), and the stabiliser path
+// dm_t = -eps (dh_t . h_t) / d_t is carried back through m_t = max(ft_t + m_{t-1}, i_t).
+template <typename T>
+Grads<T> parallel_backward(const Inputs<T>& in, const std::vector<T>& dh) {
+  const int64_t S = in.S, DK = in.DHQK, DV = in.DHHV;
+  const T scale = T(1) / std::sqrt(T(DK));
+  const T neg_inf = -std::numeric_limits<T>::infinity();
+  Grads<T> g;
+  g.dq.assign(in.q.size(), T(0));
+  g.dk.assign(in.k.size(), T(0));
+  g.dv.assign(in.v.size(), T(0));
+  g.di.assign(in.i.size(), T(0));
+  g.df.assign(in.f.size(), T(0));
+  for (int64_t bh = 0; bh < in.B * in.NH; ++bh) {
+    auto q = [&](int64_t t, int64_t a) { return in.q[(bh * S + t) * DK + a] * scale; };  // q_hat
+    auto k = [&](int64_t t, int64_t a) { return in.k[(bh * S + t) * DK + a]; };
+    auto v = [&](int64_t t, int64_t e) { return in.v[(bh * S + t) * DV + e]; };
+    // Forward quantities: logD (stablef), m, D', C~, den, d, h.
+    std::vector<T> logD(S * S, neg_inf), Dp(S * S, T(0)), Ct(S * S, T(0)), m(S), den(S), d(S), h(S * DV);
+    for (int64_t s = 0; s < S; ++s) {
+      T fsum = T(0);
+      for (int64_t t = s; t < S; ++t) {
+        if (t > s) fsum += logsigmoid(in.f[bh * S + t]);
+        logD[t * S + s] = fsum + in.i[bh * S + s];
+      }
+    }
+    for (int64_t t = 0; t < S; ++t) {
+      m[t] = neg_inf;
+      for (int64_t s = 0; s <= t; ++s) m[t] = std::max(m[t], logD[t * S + s]);
+      den[t] = T(0);
+      for (int64_t s = 0; s <= t; ++s) {
+        T score = T(0);
+        for (int64_t a = 0; a < DK; ++a) score += q(t, a) * k(s, a);
+        Dp[t * S + s] = std::exp(logD[t * S + s] - m[t]);
+        Ct[t * S + s] = score * Dp[t * S + s];
+        den[t] += Ct[t * S + s];
+      }
+      d[t] = std::max(std::fabs(den[t]), std::exp(-m[t])) + in.eps;
+      for (int64_t e = 0; e < DV; ++e) {
+        T num = T(0);
+        for (int64_t s = 0; s <= t; ++s) num += Ct[t * S + s] * v(s, e);
+        h[t * DV + e] = num / d[t];
+      }
+    }
+    // dH' = dH / d, rho_t = (dh_t . h_t) / d_t, sigma_t = -[|den_t| >= exp(-m_t)] sign(den_t) rho_t.
+    std::vector<T> dhp(S * DV), rho(S), sigma(S);
+    for (int64_t t = 0; t < S; ++t) {
+      rho[t] = T(0);
+      for (int64_t e = 0; e < DV; ++e) {
+        dhp[t * DV + e] = dh[(bh * S + t) * DV + e] / d[t];
+        rho[t] += dh[(bh * S + t) * DV + e] * h[t * DV + e];
+      }
+      rho[t] /= d[t];
+      const bool den_branch = std::fabs(den[t]) >= std::exp(-m[t]);
+      sigma[t] = den_branch ? (den[t] > T(0) ? -rho[t] : rho[t]) : T(0);
+    }
+    // P = (dH' V^T + sigma) o D', then dQ_hat = P K, dK = P^T Q_hat, dV = C~^T dH'.
+    for (int64_t t = 0; t < S; ++t) {
+      for (int64_t s = 0; s <= t; ++s) {
+        T dS = sigma[t];
+        for (int64_t e = 0; e < DV; ++e) dS += dhp[t * DV + e] * v(s, e);
+        const T P = dS * Dp[t * S + s];
+        for (int64_t a = 0; a < DK; ++a) {
+          g.dq[(bh * S + t) * DK + a] += P * k(s, a) * scale;
+          g.dk[(bh * S + s) * DK + a] += P * q(t, a);
+        }
+        for (int64_t e = 0; e < DV; ++e) g.dv[(bh * S + s) * DV + e] += Ct[t * S + s] * dhp[t * DV + e];
+      }
+    }
+    // Gates, and the stabiliser path in one reverse sweep.
+    T f_suffix = T(0), m_carry = T(0);
+    for (int64_t t = S - 1; t >= 0; --t) {
+      T qdq = T(0), kdk = T(0);
+      for (int64_t a = 0; a < DK; ++a) {
+        qdq += in.q[(bh * S + t) * DK + a] * g.dq[(bh * S + t) * DK + a];
+        kdk += in.k[(bh * S + t) * DK + a] * g.dk[(bh * S + t) * DK + a];
+      }
+      f_suffix += qdq - kdk;
+      T di = kdk, dft = f_suffix;
+      m_carry += -in.eps * rho[t];
+      if (m[t] == in.i[bh * S + t]) {  // the input-gate branch won: m_t = i_t
+        di += m_carry;
+        m_carry = T(0);
+      } else {
+        dft += m_carry;
+      }
+      g.di[bh * S + t] = di;
+      g.df[bh * S + t] = dft * sigmoid(-in.f[bh * S + t]);
+    }
   }
   return g;
 }

@@ -1,6 +1,7 @@
-// Buffer sizes of the CPU backend. Its kernels keep their per-thread scratch in std::vector (small:
-// a few chunk-sized rows and one head's states), and its backward recomputes what it needs from the
-// forward's inputs, so a CPU call asks the caller for neither workspace nor a saved buffer.
+// Buffer sizes of the CPU backend. Its kernels keep their per-thread scratch in std::vector (a few
+// chunk-sized rows, one head's state, and in the backward the chunk states of one head: at most
+// 16 MiB per thread, beyond which it checkpoints), and its backward recomputes what it needs from
+// the forward's inputs -- so a CPU call asks the caller for neither workspace nor a saved buffer.
 #include "common/backend.h"
 #include "common/error.h"
 
