@@ -60,24 +60,42 @@ def _reference():
     return mlstm_recurrent_reference, mlstm_parallel_reference
 
 
+def _verdict(checks: list, modes: tuple[str, ...], errors: dict[str, str]) -> dict:
+    """Per timed mode: ok when that mode's checks ran and passed. The forward decides "fw"; the
+    forward and the gradients decide "fwbw" (a kernel without a backward is still timed forward)."""
+    verdict = {"ok": True, "checks": checks, "modes": {}}
+    for mode in modes:
+        relevant = [c for c in checks if mode == "fwbw" or not c["name"].startswith("d")]
+        problems = [errors[m] for m in ("fw", "fwbw") if m in errors and (m == "fw" or mode == "fwbw")]
+        problems += [f"{c['name']} rel {c['rel']:.2e} > {c['tol']:.0e}" for c in relevant if not c["ok"]]
+        verdict["modes"][mode] = {"ok": not problems, "reason": "; ".join(problems)}
+        verdict["ok"] &= not problems
+    verdict["reason"] = "; ".join(f"{m}: {v['reason']}" for m, v in verdict["modes"].items() if not v["ok"])
+    return verdict
+
+
 def run_gate(fn: Callable, registry: str, name: str, suite_kind: str, modes: tuple[str, ...],
              dtype: torch.dtype, device: str, kwargs: dict, p: Point = GATE_POINT) -> dict:
-    """Gate one kernel. `registry` is "training", "step" or "sequence"; `suite_kind` says how the
-    suite calls it (a training kernel in the sequence suite is called with states). Returns
-    {"ok": bool, "checks": [...], "reason": str}."""
+    """Gate one kernel for each mode the suite times. `registry` is "training", "step" or
+    "sequence"; `suite_kind` says how the suite calls it (a training kernel in the sequence suite is
+    called with states). Returns {"ok", "modes": {mode: {"ok", "reason"}}, "checks", "reason"}."""
     try:
         recurrent_ref, parallel_ref = _reference()
     except Exception as exc:
-        return {"ok": False, "checks": [], "reason": f"no fp64 reference to gate against ({type(exc).__name__}: {exc})"}
+        return _verdict([], modes, {"fw": f"no fp64 reference to gate against ({type(exc).__name__}: {exc})"})
     out_tol, grad_tol = TOLERANCES[dtype]
     checks: list = []
+    errors: dict[str, str] = {}
+
+    def raised(exc: Exception) -> str:
+        return f"raised {type(exc).__name__}: {str(exc).strip()[:300]}"
 
     def to_ref(t: dict) -> dict:
         # The reference sees exactly the rounded inputs the kernel sees, in float64 on the CPU.
         return {k: v.detach().double().cpu() for k, v in t.items()}
 
-    try:
-        if registry == "step":
+    if registry == "step":
+        try:
             t = step_inputs(p, dtype, device, seed=777, dtype_state=torch.float32)
             h, (c, n, m) = fn(t["q"], t["k"], t["v"], t["i"], t["f"], t["c"], t["n"], t["m"], **kwargs)
 
@@ -90,7 +108,10 @@ def run_gate(fn: Callable, registry: str, name: str, suite_kind: str, modes: tup
             refs = _cached(("step", p, dtype, device), step_reference)
             for label, out, ref in zip(("h", "c_new", "n_new", "m_new"), (h, c, n, m), refs):
                 _check(checks, label, out, ref, out_tol)
-        elif registry == "sequence" or suite_kind == "sequence":
+        except Exception as exc:
+            errors["fw"] = raised(exc)
+    elif registry == "sequence" or suite_kind == "sequence":
+        try:
             t = mlstm_inputs(p, dtype, device, seed=777, grad=False)
             s = step_inputs(p, dtype, device, seed=778, dtype_state=torch.float32)
             h, (c, n, m) = fn(t["q"], t["k"], t["v"], t["i"], t["f"], c_initial=s["c"], n_initial=s["n"],
@@ -105,13 +126,16 @@ def run_gate(fn: Callable, registry: str, name: str, suite_kind: str, modes: tup
             refs = _cached(("sequence", p, dtype, device), sequence_reference)
             for label, out, ref in zip(("h", "c_last", "n_last", "m_last"), (h, c, n, m), refs):
                 _check(checks, label, out, ref, out_tol)
-        else:
-            grad = "fwbw" in modes
-            names = ("q", "k", "v", "i", "f")
+        except Exception as exc:
+            errors["fw"] = raised(exc)
+    else:
+        grad = "fwbw" in modes
+        names = ("q", "k", "v", "i", "f")
+        # The parallel form has no state and starts its stabiliser at -inf: its own reference.
+        form = "parallel" if name.startswith("parallel--") else "recurrent"
+        try:
             t = mlstm_inputs(p, dtype, device, seed=777, grad=grad)
             h = fn(*(t[n] for n in names), **kwargs)  # (B, NH, S, DHHV)
-            # The parallel form has no state and starts its stabiliser at -inf: its own reference.
-            form = "parallel" if name.startswith("parallel--") else "recurrent"
 
             def training_reference():
                 d = to_ref(t)
@@ -122,12 +146,13 @@ def run_gate(fn: Callable, registry: str, name: str, suite_kind: str, modes: tup
 
             h_ref, *grads_ref = _cached(("training", form, grad, p, dtype, device), training_reference)
             _check(checks, "h", h, h_ref, out_tol)
-            if grad:
+        except Exception as exc:
+            errors["fw"] = raised(exc)
+        if grad and "fw" not in errors:
+            try:
                 grads = torch.autograd.grad(h, [t[n] for n in names], t["dh"])
                 for n, g, g_ref in zip(names, grads, grads_ref):
                     _check(checks, "d" + n, g, g_ref, grad_tol)
-    except Exception as exc:
-        return {"ok": False, "checks": checks, "reason": f"raised {type(exc).__name__}: {str(exc).strip()[:300]}"}
-    bad = [c for c in checks if not c["ok"]]
-    reason = "; ".join(f"{c['name']} rel {c['rel']:.2e} > {c['tol']:.0e}" for c in bad)
-    return {"ok": not bad, "checks": checks, "reason": reason}
+            except Exception as exc:
+                errors["fwbw"] = raised(exc)
+    return _verdict(checks, modes, errors)

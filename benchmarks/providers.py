@@ -39,7 +39,8 @@ class Provider:
     name: str
     suites: tuple[str, ...]
     kwargs: dict = field(default_factory=dict, hash=False)
-    # Plain torch references materialise O(S²) or per-chunk tensors: measured at small S only.
+    # Plain torch references materialise O(S²) or per-chunk tensors, and parallel forms cost O(S²):
+    # measured up to this S only.
     max_S: int | None = None
     note: str = ""
 
@@ -69,7 +70,7 @@ TRAINING_SUITES = ("consttoken", "headdim")
 DEFAULT_PROVIDERS: tuple[Provider, ...] = (
     _ours("chunkwise--xl_chunk", TRAINING_SUITES + ("sequence",)),
     _ours("chunkwise--limit_chunk", TRAINING_SUITES),
-    _ours("parallel--tiled", TRAINING_SUITES),
+    _ours("parallel--tiled", TRAINING_SUITES, max_S=8192, note="quadratic in S"),
     _ours("chunkwise--native_autograd", TRAINING_SUITES, max_S=2048, note="plain torch"),
     _ours("parallel--native_stablef_autograd", TRAINING_SUITES, max_S=1024, note="plain torch"),
     _ours("fused", ("step",), registry="step"),

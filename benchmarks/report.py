@@ -12,7 +12,7 @@ from .env import header_lines
 
 CSV_COLUMNS = [
     "suite", "config", "provider", "family", "mode", "dtype", "B", "NH", "S", "DHQK", "DHHV",
-    "NH_ATTN", "DH_ATTN", "x", "status", "ms", "ms_p20", "ms_p80", "n_runs", "n_input_sets",
+    "NH_ATTN", "DH_ATTN", "x", "status", "ms", "ms_p20", "ms_p80", "ms_wall", "n_runs", "n_input_sets",
     "peak_mem_mb", "tokens_per_s", "state_gb_s", "pct_of_copy", "reason",
 ]
 
@@ -38,7 +38,7 @@ def _fmt_ms(ms: float) -> str:
 
 
 def _status_word(rec: dict) -> str:
-    return {"oom": "OOM", "skipped": "-", "gate_failed": "WRONG", "unavailable": "n/a"}.get(rec["status"], "FAIL")
+    return {"oom": "OOM", "skipped": "-", "gate_failed": "GATE", "unavailable": "n/a"}.get(rec["status"], "FAIL")
 
 
 def format_table(doc: dict) -> str:
@@ -84,9 +84,9 @@ def format_table(doc: dict) -> str:
         lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)))
     for gate in doc["gate"].values():
         if not gate["ok"]:
-            lines.append(f"  GATE FAILED (not timed): {gate['provider']}: {gate['reason']}")
+            lines.append(f"  GATE FAILED, not timed: {gate['provider']}: {gate['reason']}")
     for p in providers:
-        if p not in measured:
+        if p not in measured and p not in doc["gate"]:
             rec = next(r for r in results if r["provider"] == p)
             lines.append(f"  not measured: {p}: {rec['status']}: {rec.get('reason', '')}")
     return "\n".join(lines)

@@ -42,6 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-plot", action="store_true", help="write no plots")
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny shapes on the CPU, all suites, few repeats")
     ap.add_argument("--list", action="store_true", help="list suites, configs and providers, then exit")
+    ap.add_argument("--commit", help="git commit to record where the tree is not a git checkout (a copied tree)")
     return ap.parse_args(argv)
 
 
@@ -80,7 +81,8 @@ class Progress:
         if rec["status"] == "ok":
             peak = f"  peak {rec['peak_mem_mb']:.0f} MiB" if rec.get("peak_mem_mb") is not None else ""
             extra = f"  {rec['state_gb_s']:.0f} GB/s ({rec['pct_of_copy']:.0f}% of copy)" if "state_gb_s" in rec else ""
-            what = f"{rec['ms']:9.3f} ms (n={rec['n_runs']}){extra}{peak}"
+            wall = f", {rec['ms_wall']:.3f} ms back-to-back" if rec.get("ms_wall") is not None else ""
+            what = f"{rec['ms']:9.3f} ms (n={rec['n_runs']}{wall}){extra}{peak}"
         else:
             what = f"{rec['status'].upper()}: {rec.get('reason', '')}"
         elapsed = time.perf_counter() - self.started
@@ -122,7 +124,7 @@ def run_suite(suite_name: str, config: configs.HeadConfig, args, settings: timin
         for p, m in work:
             if (p, m) not in limited:
                 record(provider, p, m, {"status": "skipped",
-                                        "reason": f"plain torch reference, measured for S <= {provider.max_S} only"})
+                                        "reason": f"{provider.note}: measured for S <= {provider.max_S} only"})
         if provider.family == "upstream":
             job = {"settings": settings.as_dict(), "dtype": args.dtype, "suite_kind": suite.kind}
             providers.run_upstream(provider, limited, job, args.upstream_path,
@@ -145,11 +147,10 @@ def run_suite(suite_name: str, config: configs.HeadConfig, args, settings: timin
             print(f"{progress.prefix} gate{' (earlier verdict)' if cached else ''} {provider.label}: "
                   f"{'ok' if verdict['ok'] else 'FAILED'} "
                   f"(worst relative error {worst:.2e}){'' if verdict['ok'] else ': ' + verdict['reason']}", flush=True)
-            if not verdict["ok"]:
-                for p, m in limited:
-                    record(provider, p, m, {"status": "gate_failed", "reason": verdict["reason"]})
-                continue
         for p, m in limited:
+            if provider.gated and not verdict["modes"][m]["ok"]:
+                record(provider, p, m, {"status": "gate_failed", "reason": verdict["modes"][m]["reason"]})
+                continue
             if suite.kind == "step":
                 wl = workloads.step(fn, p, dtype, device, provider.kwargs)
             elif provider.registry == "attention":
@@ -208,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         out_dir = REPO / "benchmarks" / "results"
     env = environment(device)
+    if env["git_commit"] is None and args.commit:
+        env["git_commit"] = args.commit
     copy_gb_s = None
     if "step" in suites:
         copy_gb_s = timing.copy_bandwidth_gbps(device)

@@ -3,13 +3,19 @@ worker subprocess). Imports torch only, never mlstm_kernels, so the upstream wor
 
 GPU: CUDA events around each call after a warm-up, median of >= 30 runs. The inputs are several
 independent random sets, rotated call by call, so that together they exceed the L2 cache and no
-call reads inputs the previous one left in cache. CPU (--quick): time.perf_counter, few repeats.
+call reads inputs the previous one left in cache. Before each timed call the GPU is given a short
+spin kernel (longer than the call's host-side launch cost), so the host has queued the whole call
+before the GPU reaches it: the events then measure GPU time, not Python and launch overhead, which
+matters for microsecond kernels such as the step. For short calls the back-to-back wall time per
+call (host overhead included, as a loop without CUDA graphs sees it) is recorded as `ms_wall`.
+CPU (--quick): time.perf_counter, few repeats.
 Peak memory: torch.cuda.max_memory_allocated during one call, minus what was allocated before it
 (the memory the call itself needs: outputs, saved activations, workspace, gradients).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 import time
@@ -45,6 +51,23 @@ class Workload:
 
     make_inputs: Callable[[int], dict[str, Any]]
     call: Callable[[dict[str, Any]], Any]
+
+
+@functools.lru_cache(maxsize=None)
+def _spin_cycles_per_ms() -> float | None:
+    """GPU clock cycles per millisecond of torch.cuda._sleep, calibrated once (None if the spin
+    kernel is not available in this torch)."""
+    sleep = getattr(torch.cuda, "_sleep", None)
+    if sleep is None:
+        return None
+    cycles = 10_000_000
+    sleep(cycles)  # warm-up
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    sleep(cycles)
+    end.record()
+    end.synchronize()
+    return cycles / start.elapsed_time(end)
 
 
 def _sync(device: str) -> None:
@@ -91,9 +114,17 @@ def measure(workload: Workload, settings: Settings) -> dict:
                          max(1, int(free * 0.25 // set_bytes)))
         sets += [workload.make_inputs(seed) for seed in range(1, n_sets)]
 
-        for w in range(settings.warmup):
+        host_ms = []
+        for w in range(max(settings.warmup, 1)):
+            _sync(device)
+            t0 = time.perf_counter()
             workload.call(sets[w % n_sets])
+            host_ms.append((time.perf_counter() - t0) * 1e3)
         _sync(device)
+        # The spin before each timed call outlasts the host-side cost of issuing the call.
+        spin_cycles = 0
+        if device == "cuda" and (per_ms := _spin_cycles_per_ms()):
+            spin_cycles = int(per_ms * min(max(2.0 * min(host_ms), 0.05), 20.0))
 
         peak_mb = None
         if device == "cuda":
@@ -109,6 +140,8 @@ def measure(workload: Workload, settings: Settings) -> dict:
             inputs = sets[r % n_sets]
             if device == "cuda":
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                if spin_cycles:
+                    torch.cuda._sleep(spin_cycles)
                 start.record()
                 workload.call(inputs)
                 end.record()
@@ -120,6 +153,18 @@ def measure(workload: Workload, settings: Settings) -> dict:
                 times_ms.append((time.perf_counter() - t0) * 1e3)
             if time.perf_counter() - started > settings.max_seconds and r + 1 >= settings.min_repeats:
                 break
+        ms_wall = None
+        if device == "cuda" and statistics.median(times_ms) < 1.0:
+            # Back-to-back calls, no spin: what a loop without CUDA graphs gets per call.
+            n_calls = max(settings.repeats, 30)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            for r in range(n_calls):
+                workload.call(sets[r % n_sets])
+            end.record()
+            end.synchronize()
+            ms_wall = start.elapsed_time(end) / n_calls
     except Exception as exc:  # a crashing provider is recorded, never fatal
         return failure(exc)
     finally:
@@ -134,6 +179,8 @@ def measure(workload: Workload, settings: Settings) -> dict:
         "ms": statistics.median(times_ms),
         "ms_p20": q[0],
         "ms_p80": q[3],
+        "ms_wall": ms_wall,
+        "gpu_time_only": bool(spin_cycles),
         "n_runs": len(times_ms),
         "n_input_sets": n_sets,
         "peak_mem_mb": peak_mb,
