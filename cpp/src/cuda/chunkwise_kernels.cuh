@@ -1,0 +1,382 @@
+// The chunkwise kernels (work mapping: which block does which chunk, head and value slice).
+//
+// Forward (two launches):
+//   chunkwise_fwd_scores_kernel  one block per (chunk, b*h): the local-stabilised intra matrix
+//       P_loc_{t,s} = q_hat_t.k_s exp(u_s - max_{s'<=t} u_s') (s <= t), its row sums, b, u, m_intra.
+//   chunkwise_walk_kernel<kFwd>  one block per (value slice, b*h): walks the chunks in order with the
+//       state slice C^T (DB_s x DHQK, fp32) in shared memory, never storing it:
+//         m_t = max(b_t + m_k, m_intra_t),  h_t = [s beta_t C_k^T q_t + lambda_t (P_loc V)_t] / d_t,
+//         den_t = s beta_t q_t.n_k + lambda_t rowsum(P_loc)_t,  C_{k+1} = alpha C_k + sum_s w_s k_s v_s^T.
+// Backward (five launches; exact gradients, docs/dev-notes.md "Exact gradients"):
+//   chunkwise_bwd_scores_kernel  per chunk: M1 = (q.k) E', M2 = (dh.v + sigma~) E' with
+//       E'_{t,s} = exp(logD_{t,s} - m_t - log d_t) (the 1/d_t of dh' folded into the stabiliser),
+//       sigma~_t = -[|den_t| >= exp(-m_t)] sign(den_t) dh_t.h_t, and the per-token terms.
+//   chunkwise_walk_kernel<kDq>   forward in time, state C:   dq = s beta'(C dh + sigma~ n) + s M2 K
+//   chunkwise_walk_kernel<kDv>   backward in time, state dC^T: dv = w dC^T k + s M1^T dH
+//   chunkwise_walk_kernel<kDk>   backward in time, state dC:   dk = w (dC v + dn) + s M2^T Q
+//   chunkwise_bwd_gates_kernel   (chunkwise_gates.cuh) di, df and dm_initial.
+#pragma once
+
+#include "cuda/chunkwise_stages.cuh"
+
+namespace mlstm::cuda::chunkwise {
+
+// Shared memory of the score kernels: 2 stages x 3 tiles, then float scratch.
+template <typename Elem>
+constexpr size_t score_smem_bytes() {
+  return size_t(6) * kT * (kTK + kPad<Elem>) * sizeof(Elem) + size_t(8) * kT * sizeof(float) + 64;
+}
+
+template <typename Elem>
+__global__ void __launch_bounds__(kThreads) chunkwise_fwd_scores_kernel(const FwdScoreParams p) {
+  const int k = blockIdx.x;
+  const int64_t bh = blockIdx.y, b = bh / p.NH, h = bh % p.NH;
+  const int64_t t0 = int64_t(k) * kT;
+  const int Tc = chunk_len(p.S, t0, kT);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t = lane & 3, rb = warp & 3, ch = warp >> 2;
+
+  Elem* ring = reinterpret_cast<Elem*>(dynamic_smem());
+  float* fs = reinterpret_cast<float*>(dynamic_smem() + size_t(6) * kT * (kTK + kPad<Elem>) * sizeof(Elem));
+  float *s_b = fs, *s_u = fs + kT, *s_pm = fs + 2 * kT, *s_rs = fs + 3 * kT, *s_tmp = fs + 5 * kT;
+
+  chunk_gate_scan(p.i, p.f, p.gate_dtype, b, h, t0, Tc, s_b, s_u, s_pm, s_tmp);
+  if (tid < Tc) {
+    const int64_t o = bh * p.S + t0 + tid;
+    p.tok.b[o] = s_b[tid];
+    p.tok.u[o] = s_u[tid];
+    p.tok.c[o] = s_b[tid] + s_pm[tid];
+  }
+
+  float acc[4][4];
+  zero(acc);
+  float unused = 0.f;
+  score_products<Elem>(acc, p.q, p.k, nullptr, unused, b, h, t0, Tc, p.DHQK, ring);
+
+  Elem* M = static_cast<Elem*>(p.M) + (bh * p.NC + k) * kT * kT;
+  float row_sum[2] = {0.f, 0.f};
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+    for (int e2 = 0; e2 < 2; ++e2) {
+      const int row = 16 * rb + g + 8 * e2;
+      const int col = 32 * ch + nt * 8 + 2 * t;
+      float v[2];
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int s = col + e;
+        const bool valid = s <= row && row < Tc;
+        v[e] = valid ? p.qk_scale * acc[nt][2 * e2 + e] * fast_exp(s_u[s] - s_pm[row]) : 0.f;
+      }
+      row_sum[e2] += v[0] + v[1];
+      store2(M + row * kT + col, v[0], v[1]);
+    }
+  }
+#pragma unroll
+  for (int e2 = 0; e2 < 2; ++e2) {
+    const float r = quad_sum(row_sum[e2]);
+    if (t == 0) s_rs[ch * kT + 16 * rb + g + 8 * e2] = r;
+  }
+  __syncthreads();
+  if (tid < Tc) p.tok.d[bh * p.S + t0 + tid] = s_rs[tid] + s_rs[kT + tid];
+}
+
+template <typename Elem>
+__global__ void __launch_bounds__(kThreads) chunkwise_bwd_scores_kernel(const BwdScoreParams p) {
+  const int k = blockIdx.x;
+  const int64_t bh = blockIdx.y, b = bh / p.NH, h = bh % p.NH;
+  const int64_t t0 = int64_t(k) * kT;
+  const int Tc = chunk_len(p.S, t0, kT);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t = lane & 3, rb = warp & 3, ch = warp >> 2;
+
+  Elem* ring = reinterpret_cast<Elem*>(dynamic_smem());
+  float* fs = reinterpret_cast<float*>(dynamic_smem() + size_t(6) * kT * (kTK + kPad<Elem>) * sizeof(Elem));
+  float *s_b = fs, *s_u = fs + kT, *s_pm = fs + 2 * kT, *s_x = fs + 3 * kT, *s_sig = fs + 4 * kT, *s_tmp = fs + 5 * kT;
+
+  chunk_gate_scan(p.i, p.f, p.gate_dtype, b, h, t0, Tc, s_b, s_u, s_pm, s_tmp);
+
+  float acc1[4][4], acc2[4][4];
+  zero(acc1);
+  zero(acc2);
+  float zdot = 0.f;
+  score_products<Elem>(acc1, p.q, p.k, nullptr, zdot, b, h, t0, Tc, p.DHQK, ring);
+  score_products<Elem>(acc2, p.dh, p.v, &p.h, zdot, b, h, t0, Tc, p.DHHV, ring);
+  zdot = quad_sum(zdot);  // the four threads of row tid/4
+
+  const int row_of_thread = tid >> 2;
+  if ((tid & 3) == 0) {
+    float x = 0.f, sig = 0.f;
+    if (row_of_thread < Tc) {
+      const int64_t o = bh * p.S + t0 + row_of_thread;
+      const float m = p.m_saved[o], den = p.den_saved[o];
+      const float floor_ = expf(-m);
+      const float d = fmaxf(fabsf(den), floor_) + p.eps;
+      sig = fabsf(den) >= floor_ ? (den > 0.f ? -zdot : zdot) : 0.f;
+      x = s_b[row_of_thread] - (m + logf(d));
+      p.tok.b[o] = s_b[row_of_thread];
+      p.tok.u[o] = s_u[row_of_thread];
+      p.tok.c[o] = x;
+      p.tok.d[o] = sig;
+      p.tok.e[o] = -p.eps * zdot / d;
+    }
+    s_x[row_of_thread] = x;
+    s_sig[row_of_thread] = sig;
+  }
+  __syncthreads();
+
+  const int64_t moff = (bh * p.NC + k) * kT * kT;
+  Elem* M1 = static_cast<Elem*>(p.M1) + moff;
+  Elem* M2 = static_cast<Elem*>(p.M2) + moff;
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+    for (int e2 = 0; e2 < 2; ++e2) {
+      const int row = 16 * rb + g + 8 * e2;
+      const int col = 32 * ch + nt * 8 + 2 * t;
+      float v1[2], v2[2];
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int s = col + e;
+        const bool valid = s <= row && row < Tc;
+        const float E = valid ? fast_exp(s_u[s] + s_x[row]) : 0.f;
+        v1[e] = acc1[nt][2 * e2 + e] * E;
+        v2[e] = (acc2[nt][2 * e2 + e] + s_sig[row]) * E;
+      }
+      store2(M1 + row * kT + col, v1[0], v1[1]);
+      store2(M2 + row * kT + col, v2[0], v2[1]);
+    }
+  }
+}
+
+// One block walks all chunks of one (b, h) for one slice of the value dimension.
+template <typename Elem>
+__global__ void __launch_bounds__(kThreads, 1) chunkwise_walk_kernel(const WalkParams p) {
+  const WalkMode mode = p.mode;
+  const bool reverse = mode == WalkMode::kDv || mode == WalkMode::kDk;
+  const bool is_fwd = mode == WalkMode::kFwd;
+  const bool has_aug = mode == WalkMode::kDq || mode == WalkMode::kDk;
+  const bool split_state = has_aug;
+  const int slice = blockIdx.x;
+  const int64_t bh = blockIdx.y, b = bh / p.NH, h = bh % p.NH;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int NC = int(p.NC);
+
+  const WalkSmem<Elem> L(p.DA, p.DB_s);
+  unsigned char* smem = dynamic_smem();
+  Elem* ring = reinterpret_cast<Elem*>(smem + L.ring);
+  Elem* sM = reinterpret_cast<Elem*>(smem + L.M);
+  Elem* sV = reinterpret_cast<Elem*>(smem + L.V);
+  Elem* sVw = reinterpret_cast<Elem*>(smem + L.Vw);
+  float* St = reinterpret_cast<float*>(smem + L.St);
+  float* nvec = reinterpret_cast<float*>(smem + L.nvec);
+  float* srow = reinterpret_cast<float*>(smem + L.srow);
+  float* scal = reinterpret_cast<float*>(smem + L.scal);
+  float* tmp = scal + kNumScalars * kT;
+  const int ldE = L.ldE, ldT = L.ldT, ldV = L.ldV, ldS = L.ldS, DB_s = L.DB_s;
+  const int nj = L.DA_pad / kTK;
+
+  const int db0 = slice * DB_s;
+  const int dbw = min(DB_s, p.DB - db0);  // valid value columns of this slice (multiple of 16)
+
+  // Output tile (kT x DB_s): warp owns rows 16*(warp%4).. and the column half warp/4.
+  const int rb = warp & 3, wc = warp >> 2;
+  const int half = DB_s / 2;
+  const int nt_out = max(0, min(half, dbw - wc * half)) / 8;
+  // State update tile (DB_s x kTK): DB_s/16 row blocks, the kTK columns split among the rest.
+  const int rbu = DB_s / 16, cg = kWarps / rbu;
+  const int urow = 16 * (warp % rbu), ucol = (warp / rbu) * (kTK / cg), nt_u = kTK / cg / 8;
+
+  walk_load_state(p, b, h, db0, dbw, St, ldS, DB_s, L.DA_pad, nvec, srow);
+  float m_k = (p.m_in.data != nullptr) ? *p.m_in.row<float>(b, h, 0) : 0.f;
+  const float m_initial = m_k;
+
+  auto chunk_at = [&](int it) { return reverse ? NC - 1 - it : it; };
+  auto a_tile = [&](int slot) { return ring + (2 * slot) * kT * ldE; };
+  auto b_tile = [&](int slot) { return ring + (2 * slot + 1) * kT * ldE; };
+  auto issue_ab = [&](int k, int j, int slot) {
+    const int64_t t0 = int64_t(k) * kT;
+    const int Tc = chunk_len(p.S, t0, kT);
+    const int cols_valid = min(kTK, p.DA - j * kTK);
+    load_tile(a_tile(slot), ldE, p.A.row<Elem>(b, h, t0) + j * kTK, p.A.st, kT, kTK, Tc, cols_valid, p.A.vec, tid,
+              kThreads);
+    load_tile(b_tile(slot), ldE, p.Bk.row<Elem>(b, h, t0) + j * kTK, p.Bk.st, kT, kTK, Tc, cols_valid, p.Bk.vec, tid,
+              kThreads);
+  };
+  auto issue_mv = [&](int k) {
+    const int64_t t0 = int64_t(k) * kT;
+    const int Tc = chunk_len(p.S, t0, kT);
+    load_tile(sM, ldT, static_cast<const Elem*>(p.M) + (bh * p.NC + k) * kT * kT, kT, kT, kT, kT, kT, true, tid,
+              kThreads);
+    load_tile(sV, ldV, p.V.row<Elem>(b, h, t0) + db0, p.V.st, kT, DB_s, Tc, dbw, p.V.vec, tid, kThreads);
+  };
+
+  int slot = 0;
+  issue_mv(chunk_at(0));
+  issue_ab(chunk_at(0), 0, slot);
+  cp_async_commit();
+  ChunkTokens next = load_chunk_tokens(p, bh, chunk_at(0));
+
+  for (int it = 0; it < NC; ++it) {
+    const int k = chunk_at(it);
+    const int64_t t0 = int64_t(k) * kT;
+    const int Tc = chunk_len(p.S, t0, kT);
+    const ChunkTokens tk = next;
+    if (!is_fwd) m_k = k == 0 ? m_initial : tk.m_prev;
+    float m_k1;
+    const float alpha = walk_chunk_scalars(p, tk, Tc, m_k, &m_k1, scal);
+    if (it + 1 < NC) next = load_chunk_tokens(p, bh, chunk_at(it + 1));
+    cp_async_wait<0>();
+    __syncthreads();
+
+    // V~ = value rows weighted for the state update.
+    for (int idx = tid; idx < kT * DB_s; idx += kThreads) {
+      const int r = idx / DB_s, c = idx - r * DB_s;
+      sVw[r * ldV + c] = from_float<Elem>(scal[kValueW * kT + r] * to_float(sV[r * ldV + c]));
+    }
+
+    float acc[8][4];
+    zero(acc);
+    float qn = 0.f;  // forward: q_t . n_k, a quarter of row tid/4
+    for (int j = 0; j < nj; ++j) {
+      cp_async_wait<0>();
+      __syncthreads();
+      if (j + 1 < nj)
+        issue_ab(k, j + 1, slot ^ 1);
+      else if (it + 1 < NC)
+        issue_ab(chunk_at(it + 1), 0, slot ^ 1);
+      cp_async_commit();
+      const Elem* As = a_tile(slot);
+      const Elem* Bs = b_tile(slot);
+      // Inter-chunk part with the state before this chunk: acc += A_j St_j^T. The walks that feed
+      // the gate gradients take the state at fp32 accuracy (hi + lo parts), see the epilogue.
+      if (nt_out > 0) {
+        const float* Sj = St + wc * half * ldS + j * kTK;
+        if (split_state)
+          warp_mma<Elem, 8, AKind::kRow, BKind::kNKf32Split>(acc, As + 16 * rb * ldE, ldE, Sj, ldS, kTK / 16, nt_out);
+        else
+          warp_mma<Elem, 8, AKind::kRow, BKind::kNKf32>(acc, As + 16 * rb * ldE, ldE, Sj, ldS, kTK / 16, nt_out);
+      }
+      if (is_fwd) {
+        const int row = tid >> 2, c0 = (tid & 3) * 16;
+#pragma unroll
+        for (int c = 0; c < 16; ++c) qn += to_float(As[row * ldE + c0 + c]) * nvec[j * kTK + c0 + c];
+      }
+      // State update product: V~^T Bk_j for this warp's (value rows, head-dim columns).
+      float accu[8][4];
+      zero(accu);
+      if (urow < dbw)
+        warp_mma<Elem, 8, AKind::kCol, BKind::kKN>(accu, sVw + urow, ldV, Bs + ucol, ldE, kT / 16, nt_u);
+      __syncthreads();  // every read of St_j / n_j above is done
+      if (urow < dbw) {
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) {
+          if (nt >= nt_u) break;
+#pragma unroll
+          for (int e2 = 0; e2 < 2; ++e2) {
+            float* s = St + (urow + g + 8 * e2) * ldS + j * kTK + ucol + nt * 8 + 2 * t;
+            float2 x = *reinterpret_cast<float2*>(s);
+            x.x = fmaf(alpha, x.x, accu[nt][2 * e2]);
+            x.y = fmaf(alpha, x.y, accu[nt][2 * e2 + 1]);
+            *reinterpret_cast<float2*>(s) = x;
+          }
+        }
+      }
+      if (is_fwd) {
+        const int col = tid >> 2, r0 = (tid & 3) * 16;
+        float s = 0.f;
+#pragma unroll
+        for (int r = 0; r < 16; ++r) s += scal[kValueW * kT + r0 + r] * to_float(Bs[(r0 + r) * ldE + col]);
+        s = quad_sum(s);
+        if ((tid & 3) == 0) nvec[j * kTK + col] = fmaf(alpha, nvec[j * kTK + col], s);
+      }
+      slot ^= 1;
+    }
+
+    // Intra-chunk part: acc2 = M V (forward in time) or M^T V (backward in time).
+    float acc2[8][4];
+    zero(acc2);
+    if (nt_out > 0) {
+      if (!reverse)
+        warp_mma<Elem, 8, AKind::kRow, BKind::kKN>(acc2, sM + 16 * rb * ldT, ldT, sV + wc * half, ldV, kT / 16, nt_out);
+      else
+        warp_mma<Elem, 8, AKind::kCol, BKind::kKN>(acc2, sM + 16 * rb, ldT, sV + wc * half, ldV, kT / 16, nt_out);
+    }
+    float aug_new = 0.f;  // this thread's column of sum_r aug_in_r V_r
+    if (has_aug && tid < dbw) {
+      for (int r = 0; r < kT; ++r) aug_new += scal[kAugIn * kT + r] * to_float(sV[r * ldV + tid]);
+    }
+    if (is_fwd) {
+      qn = quad_sum(qn);
+      if ((tid & 3) == 0) scal[kQN * kT + (tid >> 2)] = qn;
+    }
+    __syncthreads();  // sM / sV free; q.n visible
+    if (it + 1 < NC) issue_mv(chunk_at(it + 1));
+    cp_async_commit();
+
+    // Epilogue.
+    float dot_rows[2] = {0.f, 0.f};
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      if (nt >= nt_out) break;
+#pragma unroll
+      for (int e2 = 0; e2 < 2; ++e2) {
+        const int row = 16 * rb + g + 8 * e2;
+        const int col = wc * half + nt * 8 + 2 * t;
+        const float ri = scal[kRowInter * kT + row], rl = scal[kRowIntra * kT + row];
+        // o = ri * inter + rest
+        float r0 = rl * acc2[nt][2 * e2], r1 = rl * acc2[nt][2 * e2 + 1];
+        if (has_aug) {
+          const float ao = scal[kAugOut * kT + row];
+          r0 = fmaf(ao, srow[col], r0);
+          r1 = fmaf(ao, srow[col + 1], r1);
+        }
+        float o0 = fmaf(ri, acc[nt][2 * e2], r0);
+        float o1 = fmaf(ri, acc[nt][2 * e2 + 1], r1);
+        if (is_fwd) {
+          const float den = ri * scal[kQN * kT + row] + rl * scal[kRowSum * kT + row];
+          const float inv = 1.f / (fmaxf(fabsf(den), expf(-scal[kMRow * kT + row])) + p.eps);
+          o0 *= inv;
+          o1 *= inv;
+        }
+        if (row < Tc) {
+          store2(p.out.mut_row<Elem>(b, h, t0 + row) + db0 + col, o0, o1);
+          if (p.partner.data != nullptr) {
+            // q.dq (k.dk) for the gate gradients, whose suffix sums cancel across the dq and dk walks:
+            // the inter part is dotted with the partner row scaled and rounded exactly as the other
+            // walk rounded it into its state update (V~), so both walks see the same pair terms.
+            const float2 pp = load2(p.partner.row<Elem>(b, h, t0 + row) + db0 + col);
+            float d = dot_rows[e2];
+            d = fmaf(round_to<Elem>(ri * pp.x), acc[nt][2 * e2], d);
+            d = fmaf(round_to<Elem>(ri * pp.y), acc[nt][2 * e2 + 1], d);
+            d = fmaf(pp.x, r0, fmaf(pp.y, r1, d));
+            dot_rows[e2] = d;
+          }
+        }
+      }
+    }
+    if (p.dot_part != nullptr) {
+#pragma unroll
+      for (int e2 = 0; e2 < 2; ++e2) {
+        const float r = quad_sum(dot_rows[e2]);
+        if (t == 0) scal[(kDot0 + wc) * kT + 16 * rb + g + 8 * e2] = r;
+      }
+    }
+    if (is_fwd && slice == 0 && p.m_out != nullptr && tid < Tc) {
+      const float den = scal[kRowInter * kT + tid] * scal[kQN * kT + tid] + scal[kRowIntra * kT + tid] * scal[kRowSum * kT + tid];
+      p.m_out[bh * p.S + t0 + tid] = scal[kMRow * kT + tid];
+      p.den_out[bh * p.S + t0 + tid] = den;
+    }
+    __syncthreads();  // srow and the row sums read
+    if (has_aug && tid < DB_s) srow[tid] = fmaf(alpha, srow[tid], aug_new);
+    if (p.dot_part != nullptr && tid < Tc)
+      p.dot_part[(int64_t(slice) * p.BNH + bh) * p.S + t0 + tid] = scal[kDot0 * kT + tid] + scal[kDot1 * kT + tid];
+    if (is_fwd) m_k = m_k1;
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+  walk_finish(p, b, h, bh, slice, db0, dbw, St, ldS, nvec, srow, m_k, tmp);
+}
+
+}  // namespace mlstm::cuda::chunkwise

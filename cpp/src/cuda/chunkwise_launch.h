@@ -1,0 +1,24 @@
+// Launchers of the chunkwise kernels, one per kernel and element type (float, __half,
+// __nv_bfloat16), compiled in chunkwise_scores.cu and chunkwise_walk.cu so the two halves build in
+// parallel. chunkwise.cu (the host adapter) builds the params and calls these.
+#pragma once
+
+#include <cstddef>
+
+#include "cuda/chunkwise_params.cuh"
+
+namespace mlstm::cuda::chunkwise {
+
+template <typename Elem>
+mlstm_status launch_fwd_scores(const FwdScoreParams& p, cudaStream_t stream);
+template <typename Elem>
+mlstm_status launch_bwd_scores(const BwdScoreParams& p, cudaStream_t stream);
+mlstm_status launch_bwd_gates(const GatesParams& p, cudaStream_t stream);
+
+// grid = (value slices, B*NH); smem_bytes from walk_smem_bytes.
+template <typename Elem>
+mlstm_status launch_walk(const WalkParams& p, int n_slices, size_t smem_bytes, cudaStream_t stream);
+template <typename Elem>
+size_t walk_smem_bytes(int DA, int DB_s);
+
+}  // namespace mlstm::cuda::chunkwise

@@ -1,0 +1,135 @@
+// Kernel parameters of the chunkwise kernels: tile sizes, strided views of the (B,NH,S,D) tensors,
+// and one struct per kernel. Built on the host by chunkwise.cu from FwdParams/BwdParams.
+#pragma once
+
+#include <cstdint>
+
+#include "cuda/common.cuh"
+
+namespace mlstm::cuda::chunkwise {
+
+constexpr int kT = 64;        // tokens per chunk tile (the intra-chunk parallel part)
+constexpr int kTK = 64;       // head-dim tile of the loops over DHQK / DHHV
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+
+// Shared-memory row padding: 16 bytes, so that ldmatrix rows and SIMT column walks avoid bank conflicts.
+template <typename Elem>
+constexpr int kPad = 16 / int(sizeof(Elem));
+
+// A (B,NH,S,D) tensor (or (B,NH,D) / (B,NH) with st = 0) with unit innermost stride.
+struct SeqView {
+  const void* data = nullptr;
+  int64_t sb = 0, sh = 0, st = 0;
+  bool vec = false;  // 16-byte aligned base and row strides: cp.async allowed
+
+  __host__ __device__ int64_t offset(int64_t b, int64_t h, int64_t t) const { return b * sb + h * sh + t * st; }
+  template <typename T>
+  __device__ const T* row(int64_t b, int64_t h, int64_t t) const {
+    return static_cast<const T*>(data) + offset(b, h, t);
+  }
+  template <typename T>
+  __device__ T* mut_row(int64_t b, int64_t h, int64_t t) const {
+    return const_cast<T*>(static_cast<const T*>(data)) + offset(b, h, t);
+  }
+};
+
+// A (B,NH,DHQK,DHHV) fp32 state: element (dk, dv) at offset(b, h) + dk*s_row + dv.
+struct StateView {
+  float* data = nullptr;
+  int64_t sb = 0, sh = 0, s_row = 0;
+  __host__ __device__ int64_t offset(int64_t b, int64_t h) const { return b * sb + h * sh; }
+};
+
+// Per-token fp32 arrays in the workspace, (B*NH, S) each.
+struct TokenArrays {
+  float* b = nullptr;      // within-chunk inclusive cumsum of logsigmoid(f)
+  float* u = nullptr;      // i - b
+  float* c = nullptr;      // forward: m_intra (b + running max of u); backward: x = b - m' with m' = m + log d
+  float* d = nullptr;      // forward: row sums of the local-stabilised intra matrix; backward: sigma~
+  float* e = nullptr;      // backward: the stabiliser-path term dm_t = -eps (dh.h)/d
+};
+
+// Forward intra-chunk scores: P_loc = (q_hat k^T) o exp(u_s - max_{s'<=t} u_s') (s <= t), one chunk per block.
+struct FwdScoreParams {
+  int64_t BNH = 0, NH = 0, S = 0, NC = 0;
+  int DHQK = 0;
+  float qk_scale = 1.f;
+  SeqView q, k;
+  SeqView i, f;  // (B,NH,S) gate pre-activations of dtype gate_dtype
+  mlstm_dtype gate_dtype = MLSTM_FLOAT32;
+  TokenArrays tok;
+  void* M = nullptr;  // (B*NH, NC, kT, kT) Elem
+};
+
+// Backward intra-chunk matrices M1 = (q.k) E', M2 = (dh.v + sigma~) E' with E' = exp(logD - m'), plus
+// the per-token backward quantities.
+struct BwdScoreParams {
+  int64_t BNH = 0, NH = 0, S = 0, NC = 0;
+  int DHQK = 0, DHHV = 0;
+  float eps = 1e-6f;
+  SeqView q, k, v, h, dh;
+  SeqView i, f;
+  mlstm_dtype gate_dtype = MLSTM_FLOAT32;
+  const float* m_saved = nullptr;    // (B*NH, S)
+  const float* den_saved = nullptr;  // (B*NH, S)
+  TokenArrays tok;
+  void* M1 = nullptr;  // (B*NH, NC, kT, kT) Elem
+  void* M2 = nullptr;
+};
+
+// The four sequential walks over the chunks; each keeps a (DB_s x DA) fp32 state slice in shared memory.
+//   kFwd: h        A=q  Bk=k  V=v   state C^T   forward in time
+//   kDq:  dq       A=dh Bk=v  V=k   state C     forward
+//   kDv:  dv       A=k  Bk=q  V=dh  state dC^T  backward
+//   kDk:  dk       A=v  Bk=dh V=q   state dC    backward
+enum class WalkMode : int { kFwd = 0, kDq = 1, kDv = 2, kDk = 3 };
+
+struct WalkParams {
+  WalkMode mode = WalkMode::kFwd;
+  int64_t BNH = 0, NH = 0, S = 0, NC = 0;
+  int DA = 0, DB = 0, DB_s = 0;  // contraction dim, value dim, value slice per block
+  float qk_scale = 1.f, eps = 1e-6f;
+  SeqView A, Bk, V, out, partner;  // partner: the tensor dotted with the output (q for dq, k for dk)
+  const void* M = nullptr;         // (B*NH, NC, kT, kT) Elem
+  TokenArrays tok;
+  const float* m_saved = nullptr;  // backward walks: (B*NH, S)
+  float* m_out = nullptr;          // forward: saved m_t and den_t, (B*NH, S)
+  float* den_out = nullptr;
+  // Initial state of the walk: state (DHQK, DHHV), transposed into the slice when DB = DHHV.
+  StateView state_in;
+  SeqView aug_in;    // (B,NH,DHQK) vector: n (forward, kDq) or dn (kDk)
+  SeqView m_in;      // (B,NH)
+  // What the walk leaves at its end (absent pointers: nothing).
+  StateView state_out;  // kFwd: c_last; kDv: dc_initial
+  SeqView aug_out;      // kFwd: n_last; kDk: dn_initial
+  SeqView m_last;       // kFwd
+  StateView state_dot;  // kDq: dc_last (gives <dc_last, c_last>); kDv: c_initial
+  SeqView aug_dot;      // kDq: dn_last; kDk: n_initial
+  float* end_part = nullptr;  // (n_slices, B*NH): partial sums of the end-of-walk dot products
+  float* dot_part = nullptr;  // (n_slices, B*NH, S): partial q.dq (kDq) or k.dk (kDk)
+};
+
+// Gate gradients from q.dq, k.dk and the stabiliser path (one warp per (b, h)).
+struct GatesParams {
+  int64_t BNH = 0, NH = 0, S = 0;
+  SeqView i, f, di, df;  // (B,NH,S), all of dtype gate_dtype
+  mlstm_dtype gate_dtype = MLSTM_FLOAT32;
+  const float* m_saved = nullptr;
+  const float* dm_tok = nullptr;  // (B*NH, S)
+  const float* qdq_part = nullptr;
+  int n_qdq = 0;
+  const float* kdk_part = nullptr;
+  int n_kdk = 0;
+  const float* lam_part = nullptr;  // <dc_last, c_last> + <dn_last, n_last>, (n_lam, B*NH)
+  int n_lam = 0;
+  const float* c0_part = nullptr;   // <dc_initial, c_initial>, (n_c0, B*NH)
+  int n_c0 = 0;
+  const float* n0_part = nullptr;   // <dn_initial, n_initial>, (n_n0, B*NH)
+  int n_n0 = 0;
+  SeqView m_in;     // (B,NH) or absent
+  SeqView dm_last;  // (B,NH) or absent
+  SeqView dm_in;    // dm_initial output (B,NH) or absent
+};
+
+}  // namespace mlstm::cuda::chunkwise

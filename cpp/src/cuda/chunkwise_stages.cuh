@@ -1,0 +1,332 @@
+// Stages of the chunkwise kernels (the layer between the kernels and the device helpers):
+//   * chunk_gate_scan   the gate prefix sums of one chunk (b, u = i - b, running max of u);
+//   * score_products    X Y^T of one chunk over a head dimension (the intra-chunk scores);
+//   * WalkSmem          the shared-memory plan of a walk block (used by the host to size it);
+//   * walk_* functions  the pieces of one chunk step of a sequential walk: per-token scales, the
+//                       inter-chunk product with the on-chip state and the state update, the
+//                       intra-chunk product, the epilogue, and the state at the walk's ends.
+// Notation (SPEC §2, docs/dev-notes.md): within a chunk b_t = sum_{r<=t} logsigmoid(f_r), g = b_last,
+// u_t = i_t - b_t, logD_{t,s} = b_t + u_s; m_k / m_{k+1} are the stabilisers at the chunk's ends.
+#pragma once
+
+#include "cuda/chunkwise_mma.cuh"
+#include "cuda/chunkwise_params.cuh"
+
+namespace mlstm::cuda::chunkwise {
+
+// ---- gates -----------------------------------------------------------------------------------------------
+
+// Threads 0..kT-1 (warps 0 and 1) own one token each of the chunk starting at t0 (Tc valid tokens).
+// Writes b, u and pmax (running max of u) for all kT slots; padding slots get f~ = 0 (so b stays g)
+// and u = -inf (so they carry no weight). Every kernel that needs b calls this same function, so
+// forward and backward see bit-identical values.
+__device__ inline void chunk_gate_scan(const SeqView& i, const SeqView& f, mlstm_dtype dtype, int64_t b, int64_t h,
+                                       int64_t t0, int Tc, float* s_b, float* s_u, float* s_pmax, float* s_tmp) {
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  float ft = 0.f, it = -INFINITY;
+  if (tid < Tc) {
+    ft = logsigmoid(load_gate(f.data, dtype, f.offset(b, h, t0 + tid)));
+    it = load_gate(i.data, dtype, i.offset(b, h, t0 + tid));
+  }
+  float cum = ft;
+  if (warp < 2) {
+#pragma unroll
+    for (int d = 1; d < 32; d <<= 1) {
+      const float o = __shfl_up_sync(0xffffffffu, cum, d);
+      if (lane >= d) cum += o;
+    }
+  }
+  if (tid == 31) s_tmp[0] = cum;
+  __syncthreads();
+  if (warp == 1) cum += s_tmp[0];
+  const float u = it - cum;
+  float pm = u;
+  if (warp < 2) {
+#pragma unroll
+    for (int d = 1; d < 32; d <<= 1) {
+      const float o = __shfl_up_sync(0xffffffffu, pm, d);
+      if (lane >= d) pm = fmaxf(pm, o);
+    }
+  }
+  if (tid == 31) s_tmp[1] = pm;
+  __syncthreads();
+  if (warp == 1) pm = fmaxf(pm, s_tmp[1]);
+  if (tid < kT) {
+    s_b[tid] = cum;
+    s_u[tid] = u;
+    s_pmax[tid] = pm;
+  }
+  __syncthreads();
+}
+
+// ---- intra-chunk scores ---------------------------------------------------------------------------------
+
+// acc += X Y^T over the head dimension D for rows t0..t0+Tc of (b, h): warp w owns rows
+// 16*(w%4).. and columns 32*(w/4).. of the kT x kT result. With Z, each thread also accumulates
+// sum_c X[row][c] Z[row][c] over its quarter of row tid/4 into `zdot` (the dh.h of the backward).
+// `ring` holds 2 stages x 3 tiles of kT x (kTK + pad).
+template <typename Elem>
+__device__ void score_products(float (&acc)[4][4], const SeqView& X, const SeqView& Y, const SeqView* Z, float& zdot,
+                               int64_t b, int64_t h, int64_t t0, int Tc, int D, Elem* ring) {
+  constexpr int ldE = kTK + kPad<Elem>;
+  const int tid = threadIdx.x, warp = tid >> 5;
+  const int rb = warp & 3, ch = warp >> 2;
+  const int nj = (D + kTK - 1) / kTK;
+  auto tile = [&](int stage, int which) { return ring + (stage * 3 + which) * kT * ldE; };
+  auto issue = [&](int j) {
+    const int cols_valid = min(kTK, D - j * kTK);
+    const int s = j & 1;
+    load_tile(tile(s, 0), ldE, X.row<Elem>(b, h, t0) + j * kTK, X.st, kT, kTK, Tc, cols_valid, X.vec, tid, kThreads);
+    load_tile(tile(s, 1), ldE, Y.row<Elem>(b, h, t0) + j * kTK, Y.st, kT, kTK, Tc, cols_valid, Y.vec, tid, kThreads);
+    if (Z != nullptr)
+      load_tile(tile(s, 2), ldE, Z->row<Elem>(b, h, t0) + j * kTK, Z->st, kT, kTK, Tc, cols_valid, Z->vec, tid,
+                kThreads);
+  };
+  issue(0);
+  cp_async_commit();
+  for (int j = 0; j < nj; ++j) {
+    if (j + 1 < nj) issue(j + 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    const Elem* xs = tile(j & 1, 0);
+    const Elem* ys = tile(j & 1, 1);
+    warp_mma<Elem, 4, AKind::kRow, BKind::kNK>(acc, xs + 16 * rb * ldE, ldE, ys + 32 * ch * ldE, ldE, kTK / 16, 4);
+    if (Z != nullptr) {
+      const Elem* zs = tile(j & 1, 2);
+      const int row = tid >> 2, c0 = (tid & 3) * 16;
+#pragma unroll
+      for (int c = 0; c < 16; ++c) zdot += to_float(xs[row * ldE + c0 + c]) * to_float(zs[row * ldE + c0 + c]);
+    }
+    __syncthreads();
+  }
+}
+
+// ---- the walk ---------------------------------------------------------------------------------------------
+
+// Per-token scalars of the current chunk, kT floats each.
+enum WalkScalar {
+  kRowInter,  // scale of the inter-chunk product per output row
+  kRowIntra,  // scale of the intra-chunk product per output row
+  kValueW,    // weight of each value row in the state update
+  kAugIn,     // weight of each value row in the extra state row (kDq: n, kDk: dn)
+  kAugOut,    // scale of the extra state row added to each output row
+  kMRow,      // forward: m_t
+  kRowSum,    // forward: row sum of the intra matrix
+  kQN,        // forward: q_t . n_k
+  kDot0,      // the output . partner row sums of the two column halves
+  kDot1,
+  kNumScalars
+};
+
+// Shared memory of one walk block, in bytes from the start of the dynamic buffer.
+template <typename Elem>
+struct WalkSmem {
+  int DA_pad = 0, DB_s = 0;
+  int ldE = 0, ldT = 0, ldV = 0, ldS = 0;  // row strides (elements) of A/Bk tiles, M, V, state
+  size_t ring = 0, M = 0, V = 0, Vw = 0, St = 0, nvec = 0, srow = 0, scal = 0, bytes = 0;
+
+  __host__ __device__ static size_t take(size_t* o, size_t n) {
+    const size_t at = *o;
+    *o += (n + 15) / 16 * 16;
+    return at;
+  }
+  __host__ __device__ WalkSmem(int DA, int DB_slice) : DB_s(DB_slice) {
+    DA_pad = (DA + kTK - 1) / kTK * kTK;
+    ldE = kTK + kPad<Elem>;
+    ldT = kT + kPad<Elem>;
+    ldV = DB_s + kPad<Elem>;
+    ldS = DA_pad + 8;  // = 8 (mod 32) floats: conflict-free 8-byte accesses by the accumulator layout
+    size_t o = 0;
+    ring = take(&o, size_t(4) * kT * ldE * sizeof(Elem));  // 2 stages x (A, Bk)
+    M = take(&o, size_t(kT) * ldT * sizeof(Elem));
+    V = take(&o, size_t(kT) * ldV * sizeof(Elem));
+    Vw = take(&o, size_t(kT) * ldV * sizeof(Elem));
+    St = take(&o, size_t(DB_s) * ldS * sizeof(float));
+    nvec = take(&o, size_t(DA_pad) * sizeof(float));
+    srow = take(&o, size_t(DB_s) * sizeof(float));
+    scal = take(&o, size_t(kNumScalars) * kT * sizeof(float) + 16 * sizeof(float));
+    bytes = o;
+  }
+};
+
+// Token values of one chunk held in registers until the chunk starts (loaded one chunk ahead).
+struct ChunkTokens {
+  float b = 0.f, u = 0.f, c = 0.f, d = 0.f;  // this thread's token (threads < kT)
+  float g = 0.f;       // b of the chunk's last token
+  float c_last = 0.f;  // forward: m_intra of the last token
+  float m_prev = 0.f;  // backward: saved m before the chunk (the previous chunk's last token)
+  float m_end = 0.f;   // backward: saved m of the chunk's last token
+};
+
+__device__ inline ChunkTokens load_chunk_tokens(const WalkParams& p, int64_t bh, int k) {
+  ChunkTokens r;
+  const int64_t t0 = int64_t(k) * kT;
+  const int Tc = chunk_len(p.S, t0, kT);
+  const int64_t base = bh * p.S + t0;
+  const int tid = threadIdx.x;
+  if (tid < Tc) {
+    r.b = p.tok.b[base + tid];
+    r.u = p.tok.u[base + tid];
+    r.c = p.tok.c[base + tid];
+    r.d = p.tok.d[base + tid];
+  }
+  r.g = p.tok.b[base + Tc - 1];
+  if (p.mode == WalkMode::kFwd) {
+    r.c_last = p.tok.c[base + Tc - 1];
+  } else {
+    r.m_end = p.m_saved[base + Tc - 1];
+    if (k > 0) r.m_prev = p.m_saved[base - 1];
+  }
+  return r;
+}
+
+// The per-token scales of one chunk (threads < kT write the scalar arrays; every thread returns the
+// chunk's decay alpha = exp(g + m_k - m_{k+1})). m_k is the stabiliser before the chunk; m_next
+// receives the one after it.
+__device__ inline float walk_chunk_scalars(const WalkParams& p, const ChunkTokens& tk, int Tc, float m_k,
+                                           float* m_next, float* scal) {
+  const int tid = threadIdx.x;
+  const float s = p.qk_scale;
+  const float mk1 = p.mode == WalkMode::kFwd ? fmaxf(tk.g + m_k, tk.c_last) : tk.m_end;
+  *m_next = mk1;
+  if (tid < kT) {
+    float r_inter = 0.f, r_intra = 0.f, vw = 0.f, aug_in = 0.f, aug_out = 0.f, m_row = 0.f, rs = 0.f;
+    if (tid < Tc) {
+      const float w = fast_exp(tk.g + tk.u - mk1);  // exp(a_s - m_{k+1}): weight into the next state
+      switch (p.mode) {
+        case WalkMode::kFwd: {
+          m_row = fmaxf(tk.b + m_k, tk.c);  // m_t = max(b_t + m_k, m_intra_t)
+          r_inter = s * fast_exp(tk.b + m_k - m_row);
+          r_intra = fast_exp(tk.c - m_row);
+          vw = w;
+          rs = tk.d;
+          break;
+        }
+        case WalkMode::kDq: {
+          const float beta = fast_exp(tk.c + m_k);  // exp(b_t + m_k - m'_t) = beta_t / d_t
+          r_inter = s * beta;
+          r_intra = s;
+          vw = w;
+          aug_in = w;
+          aug_out = s * beta * tk.d;
+          break;
+        }
+        case WalkMode::kDv: {
+          r_inter = w;
+          r_intra = s;
+          vw = s * fast_exp(tk.c + m_k);
+          break;
+        }
+        case WalkMode::kDk: {
+          r_inter = w;
+          r_intra = s;
+          vw = s * fast_exp(tk.c + m_k);
+          aug_in = vw * tk.d;
+          aug_out = w;
+          break;
+        }
+      }
+    }
+    scal[kRowInter * kT + tid] = r_inter;
+    scal[kRowIntra * kT + tid] = r_intra;
+    scal[kValueW * kT + tid] = vw;
+    scal[kAugIn * kT + tid] = aug_in;
+    scal[kAugOut * kT + tid] = aug_out;
+    scal[kMRow * kT + tid] = m_row;
+    scal[kRowSum * kT + tid] = rs;
+  }
+  return fast_exp(tk.g + m_k - mk1);
+}
+
+// True when the state slice holds the state in its natural (DHQK, DHHV) layout (value dim = DHQK).
+__device__ __forceinline__ bool state_is_natural(WalkMode mode) {
+  return mode == WalkMode::kDq || mode == WalkMode::kDk;
+}
+
+// Loads the initial state slice St[db][da] (zeros where absent or out of range), the extra vector
+// and the forward normaliser.
+__device__ inline void walk_load_state(const WalkParams& p, int64_t b, int64_t h, int db0, int dbw, float* St, int ldS,
+                                       int DB_s, int DA_pad, float* nvec, float* srow) {
+  const int tid = threadIdx.x;
+  const bool natural = state_is_natural(p.mode);
+  for (int idx = tid; idx < DB_s * DA_pad; idx += kThreads) {
+    // natural: da fastest (contiguous in global memory); transposed: db fastest.
+    const int db = natural ? idx / DA_pad : idx % DB_s;
+    const int da = natural ? idx % DA_pad : idx / DB_s;
+    float x = 0.f;
+    if (p.state_in.data != nullptr && db < dbw && da < p.DA) {
+      const float* X = p.state_in.data + p.state_in.offset(b, h);
+      x = natural ? X[int64_t(db0 + db) * p.state_in.s_row + da] : X[int64_t(da) * p.state_in.s_row + db0 + db];
+    }
+    St[db * ldS + da] = x;
+  }
+  if (p.mode == WalkMode::kFwd) {
+    for (int da = tid; da < DA_pad; da += kThreads)
+      nvec[da] = (p.aug_in.data != nullptr && da < p.DA) ? p.aug_in.row<float>(b, h, 0)[da] : 0.f;
+  }
+  for (int db = tid; db < DB_s; db += kThreads)
+    srow[db] = (p.aug_in.data != nullptr && state_is_natural(p.mode) && db < dbw) ? p.aug_in.row<float>(b, h, 0)[db0 + db]
+                                                                                  : 0.f;
+}
+
+// Block-wide sum; every thread returns the total. `tmp` holds kWarps floats.
+__device__ inline float block_sum(float v, float* tmp) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  __syncthreads();
+  if (lane == 0) tmp[warp] = v;
+  __syncthreads();
+  float total = 0.f;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) total += tmp[w];
+  return total;
+}
+
+// What the walk leaves behind at its end: the state (c_last or dc_initial), the extra vector
+// (n_last or dn_initial), m_last, and the partial dot products with given states.
+__device__ inline void walk_finish(const WalkParams& p, int64_t b, int64_t h, int64_t bh, int slice, int db0, int dbw,
+                                   const float* St, int ldS, const float* nvec, const float* srow, float m_final,
+                                   float* tmp) {
+  const int tid = threadIdx.x;
+  const bool natural = state_is_natural(p.mode);
+  const int64_t BNH = p.BNH;
+  if (p.state_out.data != nullptr) {
+    float* X = p.state_out.data + p.state_out.offset(b, h);
+    for (int idx = tid; idx < dbw * p.DA; idx += kThreads) {
+      const int db = natural ? idx / p.DA : idx % dbw;
+      const int da = natural ? idx % p.DA : idx / dbw;
+      const float x = St[db * ldS + da];
+      if (natural)
+        X[int64_t(db0 + db) * p.state_out.s_row + da] = x;
+      else
+        X[int64_t(da) * p.state_out.s_row + db0 + db] = x;
+    }
+  }
+  if (p.mode == WalkMode::kFwd && slice == 0) {
+    if (p.aug_out.data != nullptr)
+      for (int da = tid; da < p.DA; da += kThreads) p.aug_out.mut_row<float>(b, h, 0)[da] = nvec[da];
+    if (p.m_last.data != nullptr && tid == 0) *p.m_last.mut_row<float>(b, h, 0) = m_final;
+  }
+  if (p.mode == WalkMode::kDk && p.aug_out.data != nullptr)
+    for (int db = tid; db < dbw; db += kThreads) p.aug_out.mut_row<float>(b, h, 0)[db0 + db] = srow[db];
+  if (p.end_part != nullptr) {
+    float part = 0.f;
+    if (p.state_dot.data != nullptr) {
+      const float* X = p.state_dot.data + p.state_dot.offset(b, h);
+      for (int idx = tid; idx < dbw * p.DA; idx += kThreads) {
+        const int db = natural ? idx / p.DA : idx % dbw;
+        const int da = natural ? idx % p.DA : idx / dbw;
+        const float x = natural ? X[int64_t(db0 + db) * p.state_dot.s_row + da] : X[int64_t(da) * p.state_dot.s_row + db0 + db];
+        part += St[db * ldS + da] * x;
+      }
+    }
+    if (p.aug_dot.data != nullptr)
+      for (int db = tid; db < dbw; db += kThreads) part += srow[db] * p.aug_dot.row<float>(b, h, 0)[db0 + db];
+    const float total = block_sum(part, tmp);
+    if (tid == 0) p.end_part[int64_t(slice) * BNH + bh] = total;
+  }
+}
+
+}  // namespace mlstm::cuda::chunkwise

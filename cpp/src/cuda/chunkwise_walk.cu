@@ -1,0 +1,31 @@
+// Launchers of the sequential walks of the chunkwise form (chunkwise_walk_kernel: the forward output
+// pass and the three backward passes share it; the mode is a runtime field).
+#include "cuda/chunkwise_kernels.cuh"
+#include "cuda/chunkwise_launch.h"
+
+namespace mlstm::cuda::chunkwise {
+
+template <typename Elem>
+size_t walk_smem_bytes(int DA, int DB_s) {
+  return WalkSmem<Elem>(DA, DB_s).bytes;
+}
+
+template <typename Elem>
+mlstm_status launch_walk(const WalkParams& p, int n_slices, size_t smem_bytes, cudaStream_t stream) {
+  MLSTM_CUDA_CHECK(cudaFuncSetAttribute(chunkwise_walk_kernel<Elem>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        int(smem_bytes)));
+  const dim3 grid(unsigned(n_slices), unsigned(p.BNH));
+  MLSTM_CHUNKWISE_LAUNCH(chunkwise_walk_kernel<Elem>, grid, kThreads, smem_bytes, stream, p);
+  MLSTM_CUDA_CHECK_LAUNCH("chunkwise_walk_kernel");
+  return MLSTM_OK;
+}
+
+#define MLSTM_CHUNKWISE_WALK(Elem)                                                                \
+  template size_t walk_smem_bytes<Elem>(int, int);                                              \
+  template mlstm_status launch_walk<Elem>(const WalkParams&, int, size_t, cudaStream_t);
+MLSTM_CHUNKWISE_WALK(float)
+MLSTM_CHUNKWISE_WALK(__half)
+MLSTM_CHUNKWISE_WALK(__nv_bfloat16)
+#undef MLSTM_CHUNKWISE_WALK
+
+}  // namespace mlstm::cuda::chunkwise
