@@ -22,7 +22,7 @@ from mlstm_kernels.torch.backend_module import (
     mLSTMBackendConfig,
 )
 
-from .test_core_kernels import check_all, reference, reference_h, reference_with_states, run
+from .test_core_kernels import EPS, check_all, reference_h, reference_parallel, reference_with_states, run
 from .utils import compare, derived_tolerance, make_inputs
 
 UPSTREAM_DEFAULTS = {
@@ -112,7 +112,7 @@ def info_of(inputs, **extra):
 @pytest.mark.parametrize("kernel", CHUNKWISE_KERNELS)
 def test_train_mode(kernel):
     inputs = make_inputs(2, 3, 45, 8, 12, torch.float64, "cpu", with_initial=True, f_bias=1.0)
-    backend = mLSTMBackend(mLSTMBackendConfig(chunkwise_kernel=kernel, chunk_size=16, return_last_states=True))
+    backend = mLSTMBackend(mLSTMBackendConfig(eps=EPS, chunkwise_kernel=kernel, chunk_size=16, return_last_states=True))
     res = run(backend, inputs)
     ref = run(reference_with_states, inputs)
     check_all(f"backend(train, {kernel})", res, ref, None, dtype=torch.float64, shape_info=info_of(inputs))
@@ -120,19 +120,17 @@ def test_train_mode(kernel):
 
 @pytest.mark.parametrize("kernel", ["parallel--tiled", "parallel--native_stablef_custbw"])
 def test_train_mode_parallel(kernel):
-    from mlstm_kernels.torch.reference import mlstm_parallel_reference
-
     inputs = make_inputs(2, 1, 33, 8, 8, torch.float64, "cpu")
-    backend = mLSTMBackend(mLSTMBackendConfig(chunkwise_kernel=kernel))
+    backend = mLSTMBackend(mLSTMBackendConfig(eps=EPS, chunkwise_kernel=kernel))
     res = run(backend, inputs)
-    ref = run(mlstm_parallel_reference, inputs)
+    ref = run(reference_parallel, inputs)
     check_all(f"backend(train, {kernel})", res, ref, None, dtype=torch.float64, shape_info=info_of(inputs),
               baseline="parallel_reference_fp64")
 
 
 def test_return_last_states_argument_overrides_config():
     inputs = make_inputs(1, 2, 20, 8, 8, torch.float64, "cpu")
-    backend = mLSTMBackend(mLSTMBackendConfig(chunkwise_kernel="chunkwise--limit_chunk", chunk_size=16))
+    backend = mLSTMBackend(mLSTMBackendConfig(eps=EPS, chunkwise_kernel="chunkwise--limit_chunk", chunk_size=16))
     assert isinstance(backend(**inputs), torch.Tensor)
     h, states = backend(**inputs, return_last_states=True)
     assert len(states) == 3
@@ -143,7 +141,7 @@ def test_return_last_states_argument_overrides_config():
 def test_train_with_padding(kernel, S):
     """Padding to a multiple of chunk_size and cutting back changes nothing, gradients included."""
     inputs = make_inputs(2, 2, S, 8, 12, torch.float64, "cpu", with_initial=True, i_scale=3.0)
-    backend = mLSTMBackend(mLSTMBackendConfig(chunkwise_kernel=kernel, chunk_size=16, mode="train_with_padding"))
+    backend = mLSTMBackend(mLSTMBackendConfig(eps=EPS, chunkwise_kernel=kernel, chunk_size=16, mode="train_with_padding"))
     res = run(backend, inputs)
     ref = run(reference_h, inputs)
     check_all(f"backend(train_with_padding, {kernel})", res, ref, None, dtype=torch.float64, shape_info=info_of(inputs))
@@ -190,6 +188,7 @@ def test_inference_mode(kernels, S, expected, with_initial):
     sequence kernel for the tail. h and the returned states equal the reference."""
     chunkwise, sequence, step = kernels
     config = mLSTMBackendConfig(
+        eps=EPS,
         chunkwise_kernel=chunkwise, sequence_kernel=sequence, step_kernel=step, mode="inference", chunk_size=32
     )
     backend, spies = spied_backend(config)
@@ -211,6 +210,7 @@ def test_inference_mode(kernels, S, expected, with_initial):
 
 def test_inference_state_dtype():
     config = mLSTMBackendConfig(
+        eps=EPS,
         chunkwise_kernel="chunkwise--limit_chunk", sequence_kernel="fused_sequence", step_kernel="fused",
         mode="inference", chunk_size=16, inference_state_dtype="bfloat16",
     )
@@ -228,7 +228,7 @@ def test_inference_state_dtype():
 
 def test_mode_argument_overrides_config():
     inputs = make_inputs(1, 2, 5, 8, 8, torch.float64, "cpu")
-    backend = mLSTMBackend(mLSTMBackendConfig(chunkwise_kernel="chunkwise--limit_chunk", chunk_size=16))
+    backend = mLSTMBackend(mLSTMBackendConfig(eps=EPS, chunkwise_kernel="chunkwise--limit_chunk", chunk_size=16))
     out = backend(**inputs, mode="inference")
     assert isinstance(out, tuple) and len(out[1]) == 3
     h = backend(**inputs, mode="train_with_padding")
@@ -239,7 +239,7 @@ def test_mode_argument_overrides_config():
 
 
 def test_autocast_in_backend():
-    backend = mLSTMBackend(mLSTMBackendConfig(chunkwise_kernel="chunkwise--limit_chunk", chunk_size=16, autocast_kernel_dtype="float16"))
+    backend = mLSTMBackend(mLSTMBackendConfig(eps=EPS, chunkwise_kernel="chunkwise--limit_chunk", chunk_size=16, autocast_kernel_dtype="float16"))
     inputs = make_inputs(1, 2, 20, 16, 16, torch.float32, "cpu")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         h = backend(**inputs)

@@ -131,6 +131,16 @@ def _bytes(n: int, like: torch.Tensor) -> torch.Tensor:
     return torch.empty(n, dtype=torch.uint8, device=like.device)
 
 
+def _workspace(a, n: int, like: torch.Tensor) -> torch.Tensor | None:
+    """Allocates the scratch buffer the core asked for (none for 0 bytes) and points `a` at it; the
+    caller keeps the returned tensor alive until the core call returns."""
+    if n == 0:
+        return None
+    workspace = _bytes(n, like)
+    a.workspace = workspace.data_ptr()
+    return workspace
+
+
 def _output(like: torch.Tensor, shape, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Every output the core writes is allocated here: contiguous, on like's device, uninitialised.
     The real and the fake implementations both use it, so their layouts agree (and a test can
@@ -178,10 +188,10 @@ def _train_fwd(core_fn, sizes_fn, q, k, v, i, f, c0, n0, m0, eps, chunk_size, al
     if return_last_states:
         _set(a, _desc, c_last=last[0], n_last=last[1], m_last=_m_view(last[2]))
     workspace_bytes, saved_bytes = sizes_fn(a)
-    workspace = _bytes(workspace_bytes, q)
+    workspace = _workspace(a, workspace_bytes, q)
     saved = _bytes(saved_bytes if save else 0, q)
-    a.workspace = workspace.data_ptr()
-    a.saved = saved.data_ptr()
+    if save:
+        a.saved = saved.data_ptr()
     core_fn(a)
     return (h, *last, saved)
 
@@ -263,8 +273,7 @@ def _train_bwd(core_fn, sizes_fn, q, k, v, i, f, c0, n0, m0, h, saved, dh, dc_la
     if c0 is not None:
         _set(a, _desc, dc_initial=dc0, dn_initial=dn0, dm_initial=_m_view(dm0))
     workspace_bytes, _ = sizes_fn(a)
-    workspace = _bytes(workspace_bytes, q)
-    a.workspace = workspace.data_ptr()
+    workspace = _workspace(a, workspace_bytes, q)
     a.saved = saved.data_ptr()
     core_fn(a)
     return grads
@@ -382,8 +391,7 @@ def _sequence_fwd(q, k, v, i, f, c_initial, n_initial, m_initial, eps, return_la
     if return_last_states:
         _set(a, _desc, c_last=last[0], n_last=last[1], m_last=_m_view(last[2]))
     workspace_bytes, _ = _core.sequence_fwd_sizes(a)
-    workspace = _bytes(workspace_bytes, q)
-    a.workspace = workspace.data_ptr()
+    workspace = _workspace(a, workspace_bytes, q)
     _core.sequence_fwd(a)
     return (h, *last)
 
@@ -411,8 +419,7 @@ def _step_fwd(q, k, v, i, f, c, n, m, eps):
     _set(a, _desc, q=q.unsqueeze(2), k=k.unsqueeze(2), v=v.unsqueeze(2), i=i, f=f, h=h.unsqueeze(2),
          c_initial=c, n_initial=n, m_initial=m, c_last=c_new, n_last=n_new, m_last=_m_view(m_new))
     workspace_bytes, _ = _core.step_fwd_sizes(a)
-    workspace = _bytes(workspace_bytes, q)
-    a.workspace = workspace.data_ptr()
+    workspace = _workspace(a, workspace_bytes, q)
     _core.step_fwd(a)
     return h, c_new, n_new, m_new
 

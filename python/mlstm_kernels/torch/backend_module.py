@@ -212,8 +212,10 @@ class mLSTMBackend(nn.Module):
         self._train_fn = partial(
             self.chunkwise_kernel_fn, autocast_kernel_dtype=kernel_dtype, eps=config.eps, chunk_size=config.chunk_size
         )
+        # The padding wrapper passes eps and the dtype on itself: bind the config's values there too.
         self._train_padded_fn = partial(
-            wrap_chunkwise__pad_zeros, mlstm_chunkwise_kernel=self._train_fn, chunk_size=config.chunk_size
+            wrap_chunkwise__pad_zeros, mlstm_chunkwise_kernel=self.chunkwise_kernel_fn,
+            autocast_kernel_dtype=kernel_dtype, eps=config.eps, chunk_size=config.chunk_size,
         )
 
     def forward(
