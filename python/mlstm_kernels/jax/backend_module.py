@@ -13,8 +13,9 @@ Modes:
 * ``train_with_padding``: as upstream, S is padded with zeros to a multiple of ``chunk_size`` and h
   cut back (our kernels take any S, so this only matters for matching upstream bit for bit); no states.
 * ``inference``: any S, always returns the last states (in ``inference_state_dtype``): S == 1 goes
-  straight to the step kernel; longer inputs go to the chunkwise kernel, or to the sequence kernel
-  when the configured training kernel is a parallel (stateless) one.
+  straight to the step kernel; otherwise, as upstream, the chunkwise kernel runs over the largest
+  multiple of ``chunk_size`` and the sequence kernel over the tail, with the states passed between
+  them (a parallel training kernel has no states: the sequence kernel then takes it all).
 
 When flax is importable ``mLSTMBackend`` is a ``flax.linen.Module`` (no parameters) so it nests in
 linen models; otherwise it is a plain callable class with the same constructor and call.
@@ -57,7 +58,7 @@ class mLSTMBackendConfig:
     chunkwise_kernel: ChunkwiseKernelType = "chunkwise--native_autograd"
     """The training kernel: a chunkwise kernel, or a parallel one (no states) for comparison."""
     sequence_kernel: SequenceKernelType = "native_sequence__native"
-    """The kernel for step-by-step sequences in inference mode (used with a parallel training kernel)."""
+    """The kernel for the tail of an inference sequence that does not fill a chunk."""
     step_kernel: StepKernelType = "native"
     """The kernel for a single step (generation) in inference mode."""
     mode: BackendModeType = "train"
@@ -76,6 +77,8 @@ class mLSTMBackendConfig:
     def __post_init__(self):
         if self.mode not in _MODES:
             raise ValueError(f"mode must be one of {', '.join(_MODES)}, got {self.mode!r}")
+        if not isinstance(self.chunk_size, int) or self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int, got {self.chunk_size!r}")
         for name in ("autocast_kernel_dtype", "inference_state_dtype"):
             if getattr(self, name) not in _DTYPES:
                 raise ValueError(f"{name} must be one of {', '.join(_DTYPES)}, got {getattr(self, name)!r}")
@@ -111,27 +114,36 @@ def _backend_call(config: mLSTMBackendConfig, q, k, v, i, f, c_initial, n_initia
         return train_kernel(q, k, v, i, f, c_initial, n_initial, m_initial,
                             return_last_states=return_last_states, chunk_size=config.chunk_size, **common)
 
-    # Inference: any S, states always returned in inference_state_dtype.
+    # Inference: any S, states always returned (in inference_state_dtype).
     state_dtype = getattr(jnp, config.inference_state_dtype)
     B, NH, S, DHQK = q.shape
     DHHV = v.shape[-1]
+    if c_initial is None:
+        c_initial = jnp.zeros((B, NH, DHQK, DHHV), state_dtype)  # (B, NH, DHQK, DHHV)
+        n_initial = jnp.zeros((B, NH, DHQK), state_dtype)  # (B, NH, DHQK)
+        m_initial = jnp.zeros((B, NH, 1), state_dtype)  # (B, NH, 1)
+    states = (c_initial, n_initial, m_initial)
     if S == 1:
-        if c_initial is None:
-            c_initial = jnp.zeros((B, NH, DHQK, DHHV), state_dtype)  # (B, NH, DHQK, DHHV)
-            n_initial = jnp.zeros((B, NH, DHQK), state_dtype)  # (B, NH, DHQK)
-            m_initial = jnp.zeros((B, NH, 1), state_dtype)  # (B, NH, 1)
         h, states = get_mlstm_step_kernel(config.step_kernel)(
-            q[:, :, 0], k[:, :, 0], v[:, :, 0], i[:, :, 0:1], f[:, :, 0:1], c_initial, n_initial, m_initial,
-            dtype_state=state_dtype, **common,
+            q[:, :, 0], k[:, :, 0], v[:, :, 0], i, f, *states, dtype_state=state_dtype, **common
         )
         return h[:, :, None, :], states
-    if config.chunkwise_kernel.startswith("chunkwise"):
-        h, states = train_kernel(q, k, v, i, f, c_initial, n_initial, m_initial,
-                                 return_last_states=True, chunk_size=config.chunk_size, **common)
-        return h, tuple(s.astype(state_dtype) for s in states)
-    return get_mlstm_sequence_kernel(config.sequence_kernel)(
-        q, k, v, i, f, c_initial, n_initial, m_initial, return_last_states=True, dtype_state=state_dtype, **common
-    )
+    # As upstream: the chunkwise kernel over the largest multiple of chunk_size, the sequence kernel
+    # over the tail, the states passed between them. A parallel kernel has no states: then the
+    # sequence kernel takes the whole sequence.
+    S_chunks = (S // config.chunk_size) * config.chunk_size if config.chunkwise_kernel.startswith("chunkwise") else 0
+    h_parts = []
+    if S_chunks > 0:
+        h, states = train_kernel(q[:, :, :S_chunks], k[:, :, :S_chunks], v[:, :, :S_chunks], i[:, :, :S_chunks],
+                                 f[:, :, :S_chunks], *states, return_last_states=True, chunk_size=config.chunk_size, **common)
+        h_parts.append(h)
+    if S_chunks < S:
+        h, states = get_mlstm_sequence_kernel(config.sequence_kernel)(
+            q[:, :, S_chunks:], k[:, :, S_chunks:], v[:, :, S_chunks:], i[:, :, S_chunks:], f[:, :, S_chunks:], *states,
+            return_last_states=True, dtype_state=state_dtype, **common,
+        )
+        h_parts.append(h)
+    return jnp.concatenate(h_parts, axis=2), tuple(s.astype(state_dtype) for s in states)
 
 
 _CALL_DOC = """Run the configured kernel.

@@ -1,0 +1,235 @@
+"""Core kernels through XLA FFI against the float64 recurrent (or parallel) reference.
+
+Every output, every last state and every gradient (q, k, v, i, f, the initial states) of the loss
+Σ h∘w_h + Σ c∘w_c + Σ n∘w_n + Σ m∘w_m with random weights, on small odd shapes, in float64 (CPU),
+float32 and bfloat16, with and without a forget-gate bias, with large |i| and initial states.
+Tolerances: see utils.py (derived from the plain jax.numpy implementation's error in the same dtype).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import mlstm_kernels.jax as mj
+
+from . import utils
+from .conftest import device_params
+
+EPS = utils.f32(1e-6)
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    B: int
+    NH: int
+    S: int
+    DHQK: int
+    DHHV: int
+    with_initial: bool = False
+    f_bias: float = 0.0
+    i_scale: float = 1.0
+
+    def dims(self, device: str):
+        # CUDA head dims must be multiples of 16; the CPU takes any size.
+        if device == "cpu":
+            return self.B, self.NH, self.S, self.DHQK, self.DHHV
+        up = lambda d: 16 * -(-d // 16)  # noqa: E731
+        return self.B, self.NH, self.S, up(self.DHQK), up(self.DHHV)
+
+
+CASES = [
+    Case("S1", 1, 1, 1, 4, 4, with_initial=True),
+    Case("odd", 2, 3, 7, 5, 9),
+    Case("fbias", 1, 2, 63, 16, 8, with_initial=True, f_bias=3.0),
+    Case("large_i", 3, 1, 100, 8, 12, with_initial=True, i_scale=10.0),
+    Case("long", 1, 1, 989, 4, 6, with_initial=True, f_bias=2.0),
+]
+TRAINING = [("chunkwise--limit_chunk", 16), ("chunkwise--xl_chunk", 32), ("parallel--tiled", 64)]
+PLAIN = {"chunkwise": "chunkwise--native_autograd", "parallel": "parallel--native_stablef_autograd"}
+DTYPES = ["float64", "float32", "bfloat16"]
+
+
+def _seed() -> int:
+    return int(os.environ.get("MLSTM_TEST_SEED", secrets.randbits(31)))
+
+
+def _skip_unsupported(device: str, dtype: str):
+    if device == "cuda" and dtype == "float64":
+        pytest.skip("float64 is CPU only")
+
+
+def _training_errors(kernel_name, L, case, dtype, device, with_last):
+    """Run kernel, plain implementation and references; compare everything."""
+    form = kernel_name.split("--")[0]
+    with_initial = case.with_initial and form == "chunkwise"
+    with_last = with_last and form == "chunkwise"
+    B, NH, S, DHQK, DHHV = case.dims(device)
+    seed = _seed()
+    x64 = utils.make_inputs(B, NH, S, DHQK, DHHV, seed=seed, f_bias=case.f_bias, i_scale=case.i_scale, with_initial=with_initial)
+    ct = utils.cotangents(B, NH, S, DHQK, DHHV, seed=seed)
+    info = utils.shape_info(B, NH, S, DHQK, DHHV, L=L, case=case.id, seed=seed, device=device)
+    ref_call = utils.reference_call("parallel" if form == "parallel" else "recurrent", EPS, with_last)
+
+    def kernel_call(name):
+        fn = mj.get_mlstm_kernel(name)
+        return lambda q, k, v, i, f, c, n, m: fn(
+            q, k, v, i, f, c, n, m, return_last_states=with_last, chunk_size=L, eps=EPS
+        )
+
+    # The plain jax.numpy implementation in the same dtype (float32 for float64) sets the tolerance.
+    plain_dtype = "float32" if dtype == "float64" else dtype
+    x_plain = utils.cast_inputs(x64, plain_dtype)
+    plain_out, plain_grads = utils.run_with_grads(kernel_call(PLAIN[form]), x_plain, ct, with_last=with_last)
+    pref_out, pref_grads = utils.run_with_grads(ref_call, utils.as_float64(x_plain), ct, with_last=with_last)
+
+    x = utils.cast_inputs(x64, dtype, utils.device_for(device))
+    out, grads = utils.run_with_grads(kernel_call(kernel_name), x, ct, with_last=with_last)
+    ref_out, ref_grads = utils.run_with_grads(ref_call, utils.as_float64(x), ct, with_last=with_last)
+
+    for what, got, ref, plain, plain_ref, is_grad in (
+        [(k_, out[k_], ref_out[k_], plain_out[k_], pref_out[k_], False) for k_ in out]
+        + [("d" + k_.split("_")[0], grads[k_], ref_grads[k_], plain_grads[k_], pref_grads[k_], True) for k_ in grads]
+    ):
+        tol = utils.derived_tolerance(utils.rel_error(plain, plain_ref), dtype, grad=is_grad, plain_dtype=plain_dtype)
+        utils.compare(f"{kernel_name} {what}", got, ref, target=kernel_name, baseline="reference_fp64",
+                      shape_info=info, dtype=dtype, tol_rel=tol)
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("kernel_name,L", TRAINING, ids=[k for k, _ in TRAINING])
+def test_training_kernel(kernel_name, L, case, dtype, device):
+    """Forward, last states and all gradients (losses on h and on the last states)."""
+    _skip_unsupported(device, dtype)
+    _training_errors(kernel_name, L, case, dtype, device, with_last=True)
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("kernel_name,L", TRAINING[:2], ids=[k for k, _ in TRAINING[:2]])
+def test_training_kernel_without_last_states(kernel_name, L, device):
+    """Gradients reach the initial states when only h is returned."""
+    _training_errors(kernel_name, L, Case("nolast", 2, 1, 45, 6, 10, with_initial=True, f_bias=1.0), "float32", device, with_last=False)
+
+
+@pytest.mark.parametrize("kernel_name,L", TRAINING, ids=[k for k, _ in TRAINING])
+@pytest.mark.parametrize("with_initial", [False, True], ids=["no_states", "states"])
+def test_check_grads(kernel_name, L, with_initial):
+    """jax.test_util.check_grads (reverse mode against finite differences) in float64 on the CPU."""
+    form = kernel_name.split("--")[0]
+    if form == "parallel" and with_initial:
+        pytest.skip("the parallel form has no state")
+    fn = mj.get_mlstm_kernel(kernel_name)
+    x = utils.cast_inputs(utils.make_inputs(1, 2, 19, 3, 4, seed=_seed(), f_bias=1.0, with_initial=with_initial), "float64")
+    names = [n for n in utils.GRAD_NAMES if n in x]
+    with_last = form == "chunkwise"
+
+    def f(*arrays):
+        kw = dict(zip(names, arrays))
+        return fn(**kw, return_last_states=with_last, chunk_size=L, eps=EPS)
+
+    check_grads(f, [x[n] for n in names], order=1, modes=("rev",), atol=1e-6, rtol=1e-6)
+    print(f"Test {kernel_name} check_grads (rev, float64, finite differences) with states={with_initial}: passed")
+
+
+# ---- sequence and step (forward only) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES[:4], ids=lambda c: c.id)
+@pytest.mark.parametrize("kernel_name", ["native_sequence__fused", "fused_sequence"])
+def test_sequence_kernel(kernel_name, case, dtype, device):
+    """h and the last states of the sequence kernels, from given or zero initial states."""
+    _skip_unsupported(device, dtype)
+    B, NH, S, DHQK, DHHV = case.dims(device)
+    seed = _seed()
+    x64 = utils.make_inputs(B, NH, S, DHQK, DHHV, seed=seed, f_bias=case.f_bias, i_scale=case.i_scale, with_initial=case.with_initial)
+    info = utils.shape_info(B, NH, S, DHQK, DHHV, case=case.id, seed=seed, device=device)
+    state_dtype = jnp.float64 if dtype == "float64" else jnp.float32
+    ref_call = utils.reference_call("recurrent", EPS, True)
+
+    def run(name, x, sd):
+        fn = mj.get_mlstm_sequence_kernel(name)
+        h, (c, n, m) = fn(**x, return_last_states=True, eps=EPS, dtype_state=sd)
+        return {"h": h, "c": c, "n": n, "m": m}
+
+    plain_dtype = "float32" if dtype == "float64" else dtype
+    x_plain = utils.cast_inputs(x64, plain_dtype)
+    plain = run("native_sequence__native", x_plain, jnp.float32)
+    pref, _ = utils.run_with_grads(ref_call, utils.as_float64(x_plain), {}, with_last=True, grad=False)
+    x = utils.cast_inputs(x64, dtype, utils.device_for(device))
+    out = run(kernel_name, x, state_dtype)
+    ref, _ = utils.run_with_grads(ref_call, utils.as_float64(x), {}, with_last=True, grad=False)
+    for what in out:
+        tol = utils.derived_tolerance(utils.rel_error(plain[what], pref[what]), dtype, plain_dtype=plain_dtype)
+        utils.compare(f"{kernel_name} {what}", out[what], ref[what], target=kernel_name, baseline="reference_fp64",
+                      shape_info=info, dtype=dtype, tol_rel=tol)
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("dtype,state_dtype", [("float64", "float64"), ("float32", "float32"), ("bfloat16", "float32"), ("float32", "bfloat16")])
+@pytest.mark.parametrize("B,NH,DHQK,DHHV", [(1, 1, 4, 4), (3, 5, 7, 9), (2, 2, 48, 16)])
+def test_step_kernel(B, NH, DHQK, DHHV, dtype, state_dtype, device):
+    """One fused step from random states, including bfloat16 states (decoding with low-precision state)."""
+    _skip_unsupported(device, dtype)
+    _skip_unsupported(device, state_dtype)
+    case = Case("step", B, NH, 1, DHQK, DHHV)
+    B, NH, _, DHQK, DHHV = case.dims(device)
+    seed = _seed()
+    x64 = utils.make_inputs(B, NH, 1, DHQK, DHHV, seed=seed, i_scale=3.0, with_initial=True)
+    info = utils.shape_info(B, NH, 1, DHQK, DHHV, state_dtype=state_dtype, seed=seed, device=device)
+
+    def step_args(x, sd):
+        return (x["q"][:, :, 0], x["k"][:, :, 0], x["v"][:, :, 0], x["i"][:, :, :1], x["f"][:, :, :1],
+                x["c_initial"].astype(sd), x["n_initial"].astype(sd), x["m_initial"].astype(sd))
+
+    def run(name, x, sd):
+        h, (c, n, m) = mj.get_mlstm_step_kernel(name)(*step_args(x, sd), eps=EPS, dtype_state=sd)
+        return {"h": h, "c": c, "n": n, "m": m}
+
+    def reference(x, sd):
+        # The reference starts from the states the kernel actually received (rounded to sd).
+        r = utils.as_float64({k: (v.astype(sd) if k in utils.STATE_KEYS else v) for k, v in x.items()})
+        out, _ = utils.run_with_grads(utils.reference_call("recurrent", EPS, True), r, {}, with_last=True, grad=False)
+        out["h"] = out["h"][:, :, 0]
+        return out
+
+    plain_dtype = "float32" if dtype == "float64" else dtype
+    plain_sd = "float32" if state_dtype == "float64" else state_dtype
+    x_plain = utils.cast_inputs(x64, plain_dtype)
+    plain, pref = run("native", x_plain, plain_sd), reference(x_plain, plain_sd)
+    x = utils.cast_inputs(x64, dtype, utils.device_for(device))
+    out, ref = run("fused", x, state_dtype), reference(x, state_dtype)
+    for what in out:
+        assert out[what].dtype == (x["q"].dtype if what == "h" else jnp.dtype(state_dtype))
+        tol = utils.derived_tolerance(utils.rel_error(plain[what], pref[what]), state_dtype if what != "h" else dtype,
+                                      plain_dtype=plain_sd if what != "h" else plain_dtype)
+        utils.compare(f"fused step {what}", out[what], ref[what], target="fused", baseline="reference_fp64",
+                      shape_info=info, dtype=dtype, tol_rel=tol)
+
+
+def test_sequence_and_step_kernels_refuse_gradients():
+    """The core has no backward for them: differentiating raises a ValueError naming an alternative."""
+    x = utils.cast_inputs(utils.make_inputs(1, 1, 5, 4, 4, seed=0, with_initial=True), "float32")
+    for name in ("fused_sequence", "native_sequence__fused"):
+        fn = mj.get_mlstm_sequence_kernel(name)
+        with pytest.raises(ValueError, match="forward only"):
+            jax.grad(lambda q: jnp.sum(fn(q, x["k"], x["v"], x["i"], x["f"])))(x["q"])
+    step = mj.get_mlstm_step_kernel("fused")
+    args = (x["q"][:, :, 0], x["k"][:, :, 0], x["v"][:, :, 0], x["i"][:, :, :1], x["f"][:, :, :1],
+            x["c_initial"], x["n_initial"], x["m_initial"])
+    with pytest.raises(ValueError, match="forward only"):
+        jax.grad(lambda q: jnp.sum(step(q, *args[1:])[0]))(args[0])
+    # The native kernels of the same registries are differentiable.
+    g = jax.grad(lambda q: jnp.sum(mj.get_mlstm_step_kernel("native")(q, *args[1:])[0]))(args[0])
+    assert np.isfinite(np.asarray(g)).all()
