@@ -105,16 +105,19 @@ mlstm_status launch_step(const FwdParams& p, const DeviceInfo& dev, cudaStream_t
                                                                p.c_initial.stride[2] * es}) == 16;
   const int vec = vec_ok ? kVec : 1;
 
-  // Slabs per (b, h): about four blocks per SM so that small batches fill the GPU; each slab at
-  // least 16 columns and a whole number of vectors. In place, the slabs of a (b, h) form one
-  // cluster (at most 8 blocks, the portable limit) or, before sm_90, there is a single slab.
+  // Slabs per (b, h): the fewest that give about two blocks per SM (one wave, with the prologue of
+  // each block paid once), so that small batches still fill the GPU; each slab at least 16 columns
+  // and a whole number of vectors. In place, the slabs of a (b, h) form one cluster (at most 8
+  // blocks, the portable limit) or, before sm_90, there is a single slab.
   const bool use_cluster = nm_in_place && dev.cc_major >= 9;
   const int64_t vectors = p.DHHV / vec;
   const int cap = nm_in_place ? (use_cluster ? 8 : 1) : 64;
-  const int64_t target = std::max<int64_t>(1, (4 * int64_t(dev.sm_count) + BH - 1) / BH);
   int nslab = 1;
-  for (int d = 2; d <= cap && d <= target; ++d)
-    if (vectors % d == 0 && p.DHHV / d >= 16) nslab = d;
+  for (int d = 1; d <= cap; ++d) {
+    if (vectors % d != 0 || (d > 1 && p.DHHV / d < 16)) continue;
+    nslab = d;
+    if (BH * d * 10 >= 19 * int64_t(dev.sm_count)) break;
+  }
   const int slab_width = static_cast<int>(p.DHHV / nslab);
   int tile_threads = 16;
   while ((slab_width / vec) % tile_threads != 0) tile_threads /= 2;
@@ -124,7 +127,7 @@ mlstm_status launch_step(const FwdParams& p, const DeviceInfo& dev, cudaStream_t
   sp.nslab = nslab, sp.slab_width = slab_width, sp.tile_threads = tile_threads;
   sp.has_initial = p.has_initial;
   sp.cluster_in_place = use_cluster && nslab > 1;
-  sp.prefetch_l2 = BH * nslab <= 2 * int64_t(dev.sm_count);
+  sp.prefetch_l2 = BH * p.DHQK * p.DHHV * es <= (int64_t(16) << 20);
   sp.eps = p.eps, sp.qk_scale = p.qk_scale;
   sp.gate_dtype = p.i.dtype;
   sp.q = p.q.data, sp.q_s0 = p.q.stride[0], sp.q_s1 = p.q.stride[1];

@@ -16,24 +16,32 @@
 // summed in double; the stabiliser m_t is computed exactly as in the recurrence, and the returned
 // states are the stabilised C_S = exp(sigma_S) C^, n_S, m_S.
 //
-// Pipeline, one __syncthreads per iteration t (t = -1 .. S):
-//   * cp.async brings q_s, k_s and the slab of v_s for s = t + kPrefetch into a ring of raw slots;
-//   * the scalars of step t+1 (m, rescale, coefficient) are computed by every thread (uniform);
-//   * the converter prepares step t+1: q^ and a = coef * k (fp32, padded per row group), v, the
-//     update of n^, and per-warp partial sums of n^ . q^;
-//   * every thread updates its tile for step t and writes its partial sums of C^T q^;
-//   * the reducer writes h_{t-1} from the partial sums of step t-1.
-// The gates come in windows of 32 steps, loaded by warp 0 thirty iterations before use.
+// Pipeline. The steps go in chunks of kChunk; iteration c (c = -1 .. NCH) ends with the block's one
+// __syncthreads and, between two of them:
+//   * cp.async brings q, k and the slab of v of chunk c + kRing into a ring of raw slots;
+//   * one thread (lane 0 of the last warp, which has no reduction work) scans the gates of chunk c+2:
+//     m, rescale factor, coefficient I/exp(sigma), sigma (a small ring in shared memory);
+//   * every thread converts part of chunk c+1: q^ and a = coef * k (fp32, padded per row group), v,
+//     the update of n^ and per-warp partial sums of n^ . q^;
+//   * every thread updates its tile for the kChunk steps of chunk c, writing partial sums of C^T q^;
+//   * the reducer writes h of chunk c-1 from those partial sums.
+// Several steps per barrier amortise the latency-bound phases over kChunk times the FMA work, and
+// their kChunk independent chains overlap. The gates come in windows of 32 steps, loaded by warp 0
+// several iterations before use.
 #pragma once
 
 #include "cuda/recurrent_common.cuh"
 
 namespace mlstm::cuda::recurrent {
 
-constexpr int kPrefetch = 6;         // raw input slots in the ring (steps in flight)
+constexpr int kChunk = 4;            // steps per iteration (per barrier)
+constexpr int kRing = 3;             // chunks of raw inputs in flight or landed
 constexpr int kGateWindow = 32;      // steps per gate window (one per lane of warp 0)
+constexpr int kWindowChunks = kGateWindow / kChunk;
+constexpr int kScalarSlots = 4;      // chunks of scalars: written at iteration c-2, read up to c+1
 constexpr float kRescaleBelow = 20.0f;
 constexpr int kRowPad = 4;           // floats of padding after each row group of q^ and a (bank spread)
+static_assert(kGateWindow % kChunk == 0 && kWindowChunks >= 4, "gate windows must span several chunks");
 
 struct SequenceParams {
   int64_t NH = 0, S = 0, DHQK = 0, DHHV = 0;
@@ -55,11 +63,20 @@ struct SequenceParams {
   int64_t h_s0 = 0, h_s1 = 0, h_s2 = 0;
 };
 
+// Per step of a chunk, written by the scalar thread.
+struct StepScalars {
+  float coef;   // I_t / exp(sigma_t): a = coef * k
+  float rho;    // rescale C^ and n^ by rho before the step (1 = none)
+  float sigma;  // sigma_t, after the step
+  float m;      // m_t
+};
+
 // Byte offsets of the shared-memory regions; computed the same way on host (size) and device.
 struct SequenceSmem {
-  int raw_q, raw_k, raw_v, raw_slot;  // one slot: q, k (DHQK each) and v (W), in the input dtype
-  int xq, xa, xv;                     // [2][PQ], [2][PQ], [2][W] floats: step t+1 being written, step t read
-  int hpart, npart, nhat, gates;      // [2][TR][W], [3][32], [DHQK], [2][2][32] floats
+  int raw_q, raw_k, raw_v, raw_slot;  // one step: q, k (DHQK each) and v (W), in the input dtype
+  int xq, xa, xv;                     // [2][kChunk][PQ], [2][kChunk][PQ], [2][kChunk][W] floats
+  int hpart, npart, nhat, gates, scalars;  // [2][kChunk][TR][W], [3][kChunk][32], [DHQK] floats,
+                                           // [2][2][32] floats, [kScalarSlots][kChunk] StepScalars
   int pq;                             // padded rows of q^ / a: TR * (RT + kRowPad)
   int total;
 
@@ -71,14 +88,15 @@ struct SequenceSmem {
     raw_v = raw_k + align16(DHQK * elem_bytes);
     raw_slot = raw_v + align16(W * elem_bytes);
     pq = TR * (RT + kRowPad);
-    xq = kPrefetch * raw_slot;
-    xa = xq + align16(2 * pq * 4);
-    xv = xa + align16(2 * pq * 4);
-    hpart = xv + align16(2 * W * 4);
-    npart = hpart + align16(2 * TR * W * 4);
-    nhat = npart + 3 * 32 * 4;
+    xq = kRing * kChunk * raw_slot;
+    xa = xq + align16(2 * kChunk * pq * 4);
+    xv = xa + align16(2 * kChunk * pq * 4);
+    hpart = xv + align16(2 * kChunk * W * 4);
+    npart = hpart + align16(2 * kChunk * TR * W * 4);
+    nhat = npart + 3 * kChunk * 32 * 4;
     gates = nhat + align16(DHQK * 4);
-    total = gates + 2 * 2 * kGateWindow * 4;
+    scalars = gates + 2 * 2 * kGateWindow * 4;
+    total = scalars + kScalarSlots * kChunk * static_cast<int>(sizeof(StepScalars));
   }
 };
 
@@ -118,6 +136,32 @@ __device__ __forceinline__ void issue_step_copy(const SequenceParams& p, unsigne
   }
 }
 
+// The gate scan of one chunk (steps c*kChunk ...), by one thread that carries m and sigma across
+// chunks. Steps past S leave m and sigma alone and get coef = 0 (no update).
+__device__ __forceinline__ void scan_chunk(int64_t c, int64_t S, const float* gate_i, const float* gate_f, float& m_run,
+                                           double& sigma_run, StepScalars* out) {
+#pragma unroll
+  for (int k = 0; k < kChunk; ++k) {
+    const int64_t s = c * kChunk + k;
+    StepScalars sc{0.0f, 1.0f, static_cast<float>(sigma_run), m_run};
+    if (s < S) {
+      const int w = static_cast<int>((s / kGateWindow) & 1) * kGateWindow + static_cast<int>(s % kGateWindow);
+      const GateStep g = gate_step(gate_i[w], gate_f[w], m_run);
+      double sigma = sigma_run + static_cast<double>(g.log_f);
+      if (sigma < -static_cast<double>(kRescaleBelow)) {
+        sc.rho = expf(static_cast<float>(sigma));
+        sigma = 0.0;
+      }
+      sc.coef = expf(static_cast<float>(static_cast<double>(g.log_i) - sigma));
+      sc.sigma = static_cast<float>(sigma);
+      sc.m = g.m;
+      m_run = g.m;
+      sigma_run = sigma;
+    }
+    out[k] = sc;
+  }
+}
+
 // TQ: dtype of q, k, v, h. RT: rows of C per thread.
 template <typename TQ, int RT>
 __global__ void __launch_bounds__(sequence_max_threads<RT>()) recurrent_sequence_fwd_kernel(const SequenceParams p) {
@@ -129,12 +173,14 @@ __global__ void __launch_bounds__(sequence_max_threads<RT>()) recurrent_sequence
   float* const hpart = reinterpret_cast<float*>(smem + L.hpart);
   float* const npart = reinterpret_cast<float*>(smem + L.npart);
   float* const nhat = reinterpret_cast<float*>(smem + L.nhat);
-  float* const gate_i = reinterpret_cast<float*>(smem + L.gates);                       // [2][32]
-  float* const gate_f = reinterpret_cast<float*>(smem + L.gates) + 2 * kGateWindow;     // [2][32] logsigmoid(f)
+  float* const gate_i = reinterpret_cast<float*>(smem + L.gates);                    // [2][32]
+  float* const gate_f = reinterpret_cast<float*>(smem + L.gates) + 2 * kGateWindow;  // [2][32] logsigmoid(f)
+  StepScalars* const scalars = reinterpret_cast<StepScalars*>(smem + L.scalars);    // [kScalarSlots][kChunk]
 
   const int tid = threadIdx.x, nthreads = blockDim.x;
   const int warp = tid / 32, lane = tid % 32, nwarps = nthreads / 32;
   const int64_t S = p.S, DHQK = p.DHQK;
+  const int64_t NCH = (S + kChunk - 1) / kChunk;
   const int W = p.W, TR = p.TR, TC = p.TC;
   const int64_t bh = blockIdx.x / p.nslab;
   const int slab = static_cast<int>(blockIdx.x % p.nslab);
@@ -142,6 +188,7 @@ __global__ void __launch_bounds__(sequence_max_threads<RT>()) recurrent_sequence
   const int64_t col0 = int64_t(slab) * W;
   const bool is_main = tid < TR * TC;  // the block is rounded up to whole warps
   const int tr = tid / TC, tc = tid % TC;
+  const bool is_scanner = tid == nthreads - 32;
 
   constexpr int es = sizeof(TQ);
   const unsigned char* q_bh = static_cast<const unsigned char*>(p.q) + (b * p.q_s0 + hh * p.q_s1) * es;
@@ -150,11 +197,16 @@ __global__ void __launch_bounds__(sequence_max_threads<RT>()) recurrent_sequence
   const int64_t i_bh = b * p.i_s0 + hh * p.i_s1, f_bh = b * p.f_s0 + hh * p.f_s1;
   TQ* const h_bh = static_cast<TQ*>(p.h) + b * p.h_s0 + hh * p.h_s1 + col0;
 
-  // Start the input ring: steps 0 .. kPrefetch-2, one commit group each.
-  for (int s = 0; s < kPrefetch - 1; ++s) {
-    if (s < S) issue_step_copy<TQ>(p, smem + (s % kPrefetch) * L.raw_slot, L, q_bh, k_bh, v_bh, s);
+  auto issue_chunk = [&](int64_t c) {
+    for (int k = 0; k < kChunk; ++k) {
+      const int64_t s = c * kChunk + k;
+      if (s < S) issue_step_copy<TQ>(p, smem + ((c % kRing) * kChunk + k) * L.raw_slot, L, q_bh, k_bh, v_bh, s);
+    }
     cp_async_commit();
-  }
+  };
+
+  // Start the input ring: chunks 0 .. kRing-2, one commit group each.
+  for (int c = 0; c < kRing - 1; ++c) issue_chunk(c);
 
   // Initial state: C^ = C_0 (sigma = 0), n^ = n_0, m = m_0; zeros and m = 0 when absent.
   float C[RT][4];
@@ -171,43 +223,39 @@ __global__ void __launch_bounds__(sequence_max_threads<RT>()) recurrent_sequence
   }
   for (int r = tid; r < DHQK; r += nthreads)
     nhat[r] = p.has_initial ? load_any(p.n_in, b * p.n_in_s0 + hh * p.n_in_s1 + r, p.state_dtype) : 0.0f;
+  // The scanner's running m and sigma.
   float m_run = p.has_initial ? load_any(p.m_in, b * p.m_in_s0 + hh * p.m_in_s1, p.state_dtype) : 0.0f;
   double sigma_run = 0.0;
 
-  // Gate windows 0 and 1.
+  // Gate windows 0 and 1, then the scalars of chunk 0.
   for (int s = tid; s < 2 * kGateWindow && s < S; s += nthreads) {
     gate_i[s] = load_any(p.i, i_bh + s, p.gate_dtype);
     gate_f[s] = log_sigmoid(load_any(p.f, f_bh + s, p.gate_dtype));
   }
+  __syncthreads();
+  if (is_scanner) scan_chunk(0, S, gate_i, gate_f, m_run, sigma_run, scalars);
   uint32_t next_i_bits = 0, next_f_bits = 0;  // warp 0: the gates of a later window, in flight
 
-  // Scalars handed from one iteration to the next (uniform over the block).
-  bool main_rescale = false;  // step t: rescale C^ by main_rho before the update
-  float main_rho = 1.0f;
-  float out_sigma = 0.0f, out_m = 0.0f;  // step t-1: for h_{t-1}
-
-  for (int64_t t = -1; t <= S; ++t) {
-    // Inputs of step t+1 have landed (kPrefetch-2 younger groups may be pending); publish them and
+  for (int64_t c = -1; c <= NCH; ++c) {
+    // Inputs of chunk c+1 have landed (kRing-2 younger groups may be pending); publish them and
     // everything written in the previous iteration.
-    cp_async_wait<kPrefetch - 2>();
+    cp_async_wait<kRing - 2>();
     __syncthreads();
 
-    // Refill the slot of step t (the converter read it in iteration t-1) with step t+kPrefetch.
-    {
-      const int64_t s = t + kPrefetch;
-      if (s < S) issue_step_copy<TQ>(p, smem + (s % kPrefetch) * L.raw_slot, L, q_bh, k_bh, v_bh, s);
-      cp_async_commit();
-    }
+    // Refill the ring slots of chunk c (the converter read them in iteration c-1) with chunk c+kRing.
+    issue_chunk(c + kRing);
 
-    // Gate windows w >= 2: loaded at iteration 32(w-1) - 1, stored at iteration 32w - 3, first read at
-    // iteration 32w - 1. The slot of window w held window w-2, last read at iteration 32(w-1) - 2.
+    // Gate windows w >= 2 (steps 32w ..): the scan of chunk x runs at iteration x-2, so window w is
+    // first read at iteration w*kWindowChunks - 2 and its slot (window w-2) last at
+    // (w-1)*kWindowChunks - 3. Loaded at w*kWindowChunks - kWindowChunks - 2, stored at
+    // w*kWindowChunks - 3.
     if (warp == 0) {
-      if (t >= kGateWindow - 1 && (t + 1) % kGateWindow == 0) {
-        const int64_t s = ((t + 1) / kGateWindow + 1) * kGateWindow + lane;
+      if (c >= kWindowChunks - 2 && (c + kWindowChunks + 2) % kWindowChunks == 0) {
+        const int64_t s = ((c + kWindowChunks + 2) / kWindowChunks) * kGateWindow + lane;
         if (s < S) next_i_bits = load_bits(p.i, i_bh + s, p.gate_dtype), next_f_bits = load_bits(p.f, f_bh + s, p.gate_dtype);
       }
-      if (t >= 2 * kGateWindow - 3 && (t + 3) % kGateWindow == 0) {
-        const int64_t w = (t + 3) / kGateWindow;
+      if (c >= 2 * kWindowChunks - 3 && (c + 3) % kWindowChunks == 0) {
+        const int64_t w = (c + 3) / kWindowChunks;
         if (w * kGateWindow + lane < S) {
           gate_i[(w & 1) * kGateWindow + lane] = bits_to_float(next_i_bits, p.gate_dtype);
           gate_f[(w & 1) * kGateWindow + lane] = log_sigmoid(bits_to_float(next_f_bits, p.gate_dtype));
@@ -215,108 +263,111 @@ __global__ void __launch_bounds__(sequence_max_threads<RT>()) recurrent_sequence
       }
     }
 
-    // Reducer: h_{t-1} = exp(sigma) sum_r C^_r q^_r / (max(|exp(sigma) n^ . q^|, exp(-m)) + eps).
-    if (t >= 1) {
-      const int64_t u = t - 1;
-      const float* hp = hpart + (u & 1) * TR * W;
-      const float* np = npart + (u % 3) * 32;
-      float nq = 0.0f;
-      for (int w = 0; w < nwarps; ++w) nq += np[w];
-      const float scale = expf(out_sigma);
-      const float denominator = fmaxf(fabsf(scale * nq), expf(-out_m)) + p.eps;
-      for (int x = tid; x < W; x += nthreads) {
-        float s = 0.0f;
-        for (int g = 0; g < TR; ++g) s += hp[g * W + x];
-        h_bh[u * p.h_s2 + x] = from_float<TQ>((scale * s) / denominator);
-      }
-    }
-
-    // Scalars of step t+1 (every thread, identically), then the converter for step t+1.
-    const float step_sigma = static_cast<float>(sigma_run), step_m = m_run;  // after step t
-    bool conv_rescale = false;
-    float conv_rho = 1.0f;
-    if (t + 1 < S) {
-      const int64_t s = t + 1;
-      const int gw = static_cast<int>((s / kGateWindow) & 1) * kGateWindow + static_cast<int>(s % kGateWindow);
-      const GateStep gs = gate_step(gate_i[gw], gate_f[gw], m_run);
-      double sigma = sigma_run + static_cast<double>(gs.log_f);
-      if (sigma < -static_cast<double>(kRescaleBelow)) {
-        conv_rescale = true;
-        conv_rho = expf(static_cast<float>(sigma));
-        sigma = 0.0;
-      }
-      const float coef = expf(static_cast<float>(static_cast<double>(gs.log_i) - sigma));
-      m_run = gs.m;
-      sigma_run = sigma;
-
-      const unsigned char* slot = smem + (s % kPrefetch) * L.raw_slot;
-      const TQ* rq = reinterpret_cast<const TQ*>(slot + L.raw_q);
-      const TQ* rk = reinterpret_cast<const TQ*>(slot + L.raw_k);
-      const TQ* rv = reinterpret_cast<const TQ*>(slot + L.raw_v);
-      float* xq_s = xq + (s & 1) * L.pq;
-      float* xa_s = xa + (s & 1) * L.pq;
-      float* xv_s = xv + (s & 1) * W;
-      float part = 0.0f;
-      for (int r = tid; r < DHQK; r += nthreads) {
-        const float qv = to_float(rq[r]) * p.qk_scale;
-        const float av = coef * to_float(rk[r]);
-        const int pr = (r / RT) * (RT + kRowPad) + r % RT;
-        xq_s[pr] = qv;
-        xa_s[pr] = av;
-        float nh = nhat[r];
-        if (conv_rescale) nh *= conv_rho;
-        nh += av;
-        nhat[r] = nh;
-        part = fmaf(nh, qv, part);
-      }
-      for (int x = tid; x < W; x += nthreads) xv_s[x] = to_float(rv[x]);
-      part = warp_sum(part);
-      if (lane == 0) npart[(s % 3) * 32 + warp] = part;
-    }
-
-    // Main: step t on this thread's RT x 4 tile.
-    if (t >= 0 && t < S && is_main) {
-      if (main_rescale) {
+    // Reducer: h of chunk c-1, h_t = exp(sigma) sum_r C^_r q^_r / (max(|exp(sigma) n^ . q^|, exp(-m)) + eps).
+    if (c >= 1) {
+      const int64_t u = c - 1;
+      const StepScalars* sc = scalars + (u % kScalarSlots) * kChunk;
 #pragma unroll
-        for (int r = 0; r < RT; ++r)
-#pragma unroll
-          for (int j = 0; j < 4; ++j) C[r][j] *= main_rho;
-      }
-      const float* xq_t = xq + (t & 1) * L.pq + tr * (RT + kRowPad);
-      const float* xa_t = xa + (t & 1) * L.pq + tr * (RT + kRowPad);
-      const float4 v4 = *reinterpret_cast<const float4*>(xv + (t & 1) * W + tc * 4);
-      const float vc[4] = {v4.x, v4.y, v4.z, v4.w};
-      float h_even[4] = {0.0f, 0.0f, 0.0f, 0.0f}, h_odd[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-      for (int r4 = 0; r4 < RT / 4; ++r4) {
-        const float4 q4 = *reinterpret_cast<const float4*>(xq_t + 4 * r4);
-        const float4 a4 = *reinterpret_cast<const float4*>(xa_t + 4 * r4);
-        const float qr[4] = {q4.x, q4.y, q4.z, q4.w};
-        const float ar[4] = {a4.x, a4.y, a4.z, a4.w};
-        // Two accumulators per column halve the dependent chain of C^T q^.
-#pragma unroll
-        for (int rr = 0; rr < 4; rr += 2) {
-#pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            C[4 * r4 + rr][j] = fmaf(ar[rr], vc[j], C[4 * r4 + rr][j]);
-            h_even[j] = fmaf(C[4 * r4 + rr][j], qr[rr], h_even[j]);
-            C[4 * r4 + rr + 1][j] = fmaf(ar[rr + 1], vc[j], C[4 * r4 + rr + 1][j]);
-            h_odd[j] = fmaf(C[4 * r4 + rr + 1][j], qr[rr + 1], h_odd[j]);
-          }
+      for (int k = 0; k < kChunk; ++k) {
+        const int64_t t = u * kChunk + k;
+        if (t >= S) break;
+        const float* hp = hpart + ((u & 1) * kChunk + k) * TR * W;
+        const float* np = npart + ((u % 3) * kChunk + k) * 32;
+        float nq = 0.0f;
+        for (int w = 0; w < nwarps; ++w) nq += np[w];
+        const float scale = expf(sc[k].sigma);
+        const float denominator = fmaxf(fabsf(scale * nq), expf(-sc[k].m)) + p.eps;
+        for (int x = tid; x < W; x += nthreads) {
+          float sum = 0.0f;
+          for (int g = 0; g < TR; ++g) sum += hp[g * W + x];
+          h_bh[t * p.h_s2 + x] = from_float<TQ>((scale * sum) / denominator);
         }
       }
-      *reinterpret_cast<float4*>(hpart + (t & 1) * TR * W + tr * W + tc * 4) =
-          make_float4(h_even[0] + h_odd[0], h_even[1] + h_odd[1], h_even[2] + h_odd[2], h_even[3] + h_odd[3]);
     }
 
-    out_sigma = step_sigma, out_m = step_m;
-    main_rescale = conv_rescale, main_rho = conv_rho;
+    // Scanner: the scalars of chunk c+2 (published by the next barrier, first read at iteration c+1).
+    if (is_scanner && c + 2 < NCH)
+      scan_chunk(c + 2, S, gate_i, gate_f, m_run, sigma_run, scalars + ((c + 2) % kScalarSlots) * kChunk);
+
+    // Converter: chunk c+1 into fp32 (q^, a = coef * k, v), the update of n^ and sum n^ . q^ per warp.
+    if (c + 1 < NCH) {
+      const int64_t x = c + 1;
+      const StepScalars* sc = scalars + (x % kScalarSlots) * kChunk;
+#pragma unroll
+      for (int k = 0; k < kChunk; ++k) {
+        const bool valid = x * kChunk + k < S;  // past S: zeros, so that the tile update is a no-op
+        const unsigned char* slot = smem + ((x % kRing) * kChunk + k) * L.raw_slot;
+        const TQ* rq = reinterpret_cast<const TQ*>(slot + L.raw_q);
+        const TQ* rk = reinterpret_cast<const TQ*>(slot + L.raw_k);
+        const TQ* rv = reinterpret_cast<const TQ*>(slot + L.raw_v);
+        float* xq_k = xq + ((x & 1) * kChunk + k) * L.pq;
+        float* xa_k = xa + ((x & 1) * kChunk + k) * L.pq;
+        float* xv_k = xv + ((x & 1) * kChunk + k) * W;
+        const float coef = sc[k].coef, rho = sc[k].rho;
+        float part = 0.0f;
+        for (int r = tid; r < DHQK; r += nthreads) {
+          const float qv = valid ? to_float(rq[r]) * p.qk_scale : 0.0f;
+          const float av = valid ? coef * to_float(rk[r]) : 0.0f;
+          const int pr = (r / RT) * (RT + kRowPad) + r % RT;
+          xq_k[pr] = qv;
+          xa_k[pr] = av;
+          const float nh = fmaf(nhat[r], rho, av);
+          nhat[r] = nh;
+          part = fmaf(nh, qv, part);
+        }
+        for (int y = tid; y < W; y += nthreads) xv_k[y] = valid ? to_float(rv[y]) : 0.0f;
+        part = warp_sum(part);
+        if (lane == 0) npart[((x % 3) * kChunk + k) * 32 + warp] = part;
+      }
+    }
+
+    // Main: the kChunk steps of chunk c on this thread's RT x 4 tile.
+    if (c >= 0 && c < NCH && is_main) {
+      const StepScalars* sc = scalars + (c % kScalarSlots) * kChunk;
+#pragma unroll 1
+      for (int k = 0; k < kChunk; ++k) {
+        const float rho = sc[k].rho;
+        if (rho != 1.0f) {
+#pragma unroll
+          for (int r = 0; r < RT; ++r)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) C[r][j] *= rho;
+        }
+        const float* xq_t = xq + ((c & 1) * kChunk + k) * L.pq + tr * (RT + kRowPad);
+        const float* xa_t = xa + ((c & 1) * kChunk + k) * L.pq + tr * (RT + kRowPad);
+        const float4 v4 = *reinterpret_cast<const float4*>(xv + ((c & 1) * kChunk + k) * W + tc * 4);
+        const float vc[4] = {v4.x, v4.y, v4.z, v4.w};
+        float h_even[4] = {0.0f, 0.0f, 0.0f, 0.0f}, h_odd[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int r4 = 0; r4 < RT / 4; ++r4) {
+          const float4 q4 = *reinterpret_cast<const float4*>(xq_t + 4 * r4);
+          const float4 a4 = *reinterpret_cast<const float4*>(xa_t + 4 * r4);
+          const float qr[4] = {q4.x, q4.y, q4.z, q4.w};
+          const float ar[4] = {a4.x, a4.y, a4.z, a4.w};
+          // Two accumulators per column halve the dependent chain of C^T q^.
+#pragma unroll
+          for (int rr = 0; rr < 4; rr += 2) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+              C[4 * r4 + rr][j] = fmaf(ar[rr], vc[j], C[4 * r4 + rr][j]);
+              h_even[j] = fmaf(C[4 * r4 + rr][j], qr[rr], h_even[j]);
+              C[4 * r4 + rr + 1][j] = fmaf(ar[rr + 1], vc[j], C[4 * r4 + rr + 1][j]);
+              h_odd[j] = fmaf(C[4 * r4 + rr + 1][j], qr[rr + 1], h_odd[j]);
+            }
+          }
+        }
+        *reinterpret_cast<float4*>(hpart + ((c & 1) * kChunk + k) * TR * W + tr * W + tc * 4) =
+            make_float4(h_even[0] + h_odd[0], h_even[1] + h_odd[1], h_even[2] + h_odd[2], h_even[3] + h_odd[3]);
+      }
+    }
   }
   cp_async_wait<0>();
 
-  // Last states: C_S = exp(sigma_S) C^, n_S = exp(sigma_S) n^, m_S (out_* now hold step S-1).
+  // Last states: C_S = exp(sigma_S) C^, n_S = exp(sigma_S) n^, m_S, from the scalars of step S-1
+  // (their slot is not rewritten: the scanner stops at the last chunk).
   if (p.has_last) {
-    const float scale = expf(out_sigma);
+    const StepScalars last = scalars[((NCH - 1) % kScalarSlots) * kChunk + (S - 1) % kChunk];
+    const float scale = expf(last.sigma);
     if (is_main) {
       const int64_t base = b * p.c_out_s0 + hh * p.c_out_s1 + col0 + tc * 4;
 #pragma unroll
@@ -327,7 +378,7 @@ __global__ void __launch_bounds__(sequence_max_threads<RT>()) recurrent_sequence
     if (slab == 0) {
       for (int r = tid; r < DHQK; r += nthreads)
         store_any(p.n_out, b * p.n_out_s0 + hh * p.n_out_s1 + r, p.state_dtype, scale * nhat[r]);
-      if (tid == 0) store_any(p.m_out, b * p.m_out_s0 + hh * p.m_out_s1, p.state_dtype, out_m);
+      if (tid == 0) store_any(p.m_out, b * p.m_out_s0 + hh * p.m_out_s1, p.state_dtype, last.m);
     }
   }
 }

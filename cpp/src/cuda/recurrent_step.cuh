@@ -36,7 +36,7 @@ struct StepParams {
   int tile_threads = 1;  // threads along one row of a tile (a power of two <= 16)
   bool has_initial = false;
   bool cluster_in_place = false;  // n/m written in place: synchronise the slabs of a (b, h) by cluster
-  bool prefetch_l2 = false;       // small grids: ask L2 for the block's slab of C before the prologue
+  bool prefetch_l2 = false;       // small states: ask L2 for the block's slab of C before the prologue
   float eps = 1e-6f, qk_scale = 1.0f;
   mlstm_dtype gate_dtype = MLSTM_FLOAT32;
   // (B,NH,1,DHQK) x2, (B,NH,1,DHHV), (B,NH,1) x2: strides of the batch and head dims, innermost 1.
@@ -50,6 +50,23 @@ struct StepParams {
   void* h = nullptr;  // (B,NH,1,DHHV)
   int64_t h_s0 = 0, h_s1 = 0;
 };
+
+// Rows r_base, r_base + groups, ... (kStepUnroll of them) of VEC columns from `col`; zeros past DHQK
+// or without an initial state.
+template <typename TS, int VEC>
+__device__ __forceinline__ void load_rows(float (&c)[kStepUnroll][VEC], const TS* c_in, int64_t row_stride, int64_t col,
+                                          int r_base, int groups, int DHQK) {
+#pragma unroll
+  for (int u = 0; u < kStepUnroll; ++u) {
+    const int r = r_base + u * groups;
+    if (c_in != nullptr && r < DHQK) {
+      load_vec<TS, VEC>(c_in + r * row_stride + col, c[u]);
+    } else {
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) c[u][j] = 0.0f;
+    }
+  }
+}
 
 // TS: state dtype, TQ: dtype of q, k, v, h; VEC: state elements per access (16 bytes, or 1 when the
 // state's strides or pointers are not 16-byte aligned).
@@ -67,8 +84,19 @@ __global__ void __launch_bounds__(kStepThreads) recurrent_step_fwd_kernel(const 
   const int64_t b = bh / p.NH, hh = bh % p.NH;
   const int64_t slab_begin = int64_t(slab) * p.slab_width;
 
-  // With few blocks in flight the latency of the first loads of C is not hidden by other blocks;
-  // start the slab on its way to L2 while the prologue runs (every 128-byte line of every row).
+  const int tpr = p.tile_threads;
+  const int groups = kStepThreads / tpr;
+  const int tile_width = tpr * VEC;
+  const int row0 = tid / tpr;
+  const int col_in_tile = (tid % tpr) * VEC;
+  const TS* c_in = p.has_initial ? static_cast<const TS*>(p.c_in) + b * p.c_in_s0 + hh * p.c_in_s1 : nullptr;
+
+  // Loads of C do not depend on the prologue: put the first batch in flight before it.
+  float c[kStepUnroll][VEC];
+  load_rows<TS, VEC>(c, c_in, p.c_in_s2, slab_begin + col_in_tile, row0, groups, static_cast<int>(p.DHQK));
+
+  // When the whole state is small, start the rest of the slab on its way to L2 too (every 128-byte
+  // line of every row): with few blocks in flight their latency is not hidden by other blocks.
   if (p.prefetch_l2 && p.has_initial) {
     const char* c_rows = reinterpret_cast<const char*>(static_cast<const TS*>(p.c_in) + b * p.c_in_s0 + hh * p.c_in_s1 +
                                                        slab_begin);
@@ -112,13 +140,7 @@ __global__ void __launch_bounds__(kStepThreads) recurrent_step_fwd_kernel(const 
   if (p.cluster_in_place) cluster_arrive_release();   // this block is done reading n_{t-1} and m_{t-1}
   const float inv_denominator = 1.0f / (fmaxf(fabsf(nq), expf(-g.m)) + p.eps);
 
-  const int tpr = p.tile_threads;
-  const int groups = kStepThreads / tpr;
-  const int tile_width = tpr * VEC;
-  const int row0 = tid / tpr;
-  const int col_in_tile = (tid % tpr) * VEC;
   const TQ* v = static_cast<const TQ*>(p.v) + b * p.v_s0 + hh * p.v_s1;
-  const TS* c_in = p.has_initial ? static_cast<const TS*>(p.c_in) + b * p.c_in_s0 + hh * p.c_in_s1 : nullptr;
   TS* c_out = static_cast<TS*>(p.c_out) + b * p.c_out_s0 + hh * p.c_out_s1;
   TQ* h = static_cast<TQ*>(p.h) + b * p.h_s0 + hh * p.h_s1;
 
@@ -129,18 +151,9 @@ __global__ void __launch_bounds__(kStepThreads) recurrent_step_fwd_kernel(const 
     for (int j = 0; j < VEC; ++j) v_col[j] = to_float(v[col + j]), h_acc[j] = 0.0f;
 
     for (int r_base = row0; r_base < p.DHQK; r_base += groups * kStepUnroll) {
-      float c[kStepUnroll][VEC];
-      // All loads of the batch first: in place, the stores below may alias them.
-#pragma unroll
-      for (int u = 0; u < kStepUnroll; ++u) {
-        const int r = r_base + u * groups;
-        if (c_in != nullptr && r < p.DHQK) {
-          load_vec<TS, VEC>(c_in + r * p.c_in_s2 + col, c[u]);
-        } else {
-#pragma unroll
-          for (int j = 0; j < VEC; ++j) c[u][j] = 0.0f;
-        }
-      }
+      // All loads of a batch before its stores: in place, the stores may alias them.
+      if (tile != slab_begin || r_base != row0)
+        load_rows<TS, VEC>(c, c_in, p.c_in_s2, col, r_base, groups, static_cast<int>(p.DHQK));
 #pragma unroll
       for (int u = 0; u < kStepUnroll; ++u) {
         const int r = r_base + u * groups;
