@@ -105,19 +105,20 @@ mlstm_status launch_step(const FwdParams& p, const DeviceInfo& dev, cudaStream_t
                                                                p.c_initial.stride[2] * es}) == 16;
   const int vec = vec_ok ? kVec : 1;
 
-  // Slabs per (b, h): the fewest that give about two blocks per SM (one wave, with the prologue of
-  // each block paid once), so that small batches still fill the GPU; each slab at least 16 columns
-  // and a whole number of vectors. In place, the slabs of a (b, h) form one cluster (at most 8
-  // blocks, the portable limit) or, before sm_90, there is a single slab.
+  // Slabs per (b, h), each at least 16 columns and a whole number of vectors: the most slabs up to
+  // about two blocks per SM when there are few (b, h) (one wave, small batches fill the GPU), about
+  // four blocks per SM otherwise (finer blocks balance the SMs better). In place, the slabs of a
+  // (b, h) form one cluster; clusters wider than 2 cost bandwidth, so they are used only where
+  // there are too few (b, h) to fill the GPU otherwise (at most 8 blocks, the portable limit), and
+  // before sm_90 there is a single slab. (Measured on H100: benchmarks/results/recurrent_h100.md.)
   const bool use_cluster = nm_in_place && dev.cc_major >= 9;
   const int64_t vectors = p.DHHV / vec;
-  const int cap = nm_in_place ? (use_cluster ? 8 : 1) : 64;
+  const bool few_heads = BH < 64;
+  const int cap = nm_in_place ? (use_cluster ? (few_heads ? 8 : 2) : 1) : 64;
+  const int64_t target = (int64_t(few_heads ? 2 : 4) * dev.sm_count + BH - 1) / BH;
   int nslab = 1;
-  for (int d = 1; d <= cap; ++d) {
-    if (vectors % d != 0 || (d > 1 && p.DHHV / d < 16)) continue;
-    nslab = d;
-    if (BH * d * 10 >= 19 * int64_t(dev.sm_count)) break;
-  }
+  for (int d = 2; d <= cap && d <= target; ++d)
+    if (vectors % d == 0 && p.DHHV / d >= 16) nslab = d;
   const int slab_width = static_cast<int>(p.DHHV / nslab);
   int tile_threads = 16;
   while ((slab_width / vec) % tile_threads != 0) tile_threads /= 2;
