@@ -85,7 +85,7 @@ FwdWorkspace carve_fwd(const Geometry& geo, void* base, size_t* bytes) {
 }
 
 struct BwdWorkspace {
-  float *ar, *d, *kterm, *qterm, *qterm_d, *inv_d, *sigma, *dm, *gsum, *cmax, *qdq, *kdk;
+  float *ar, *d, *kterm, *qterm_d, *sigma, *dm, *gsum, *cmax, *qdq, *kdk;
 };
 BwdWorkspace carve_bwd(const Geometry& geo, int64_t DHQK, void* base, size_t* bytes) {
   Carver c(base);
@@ -93,9 +93,7 @@ BwdWorkspace carve_bwd(const Geometry& geo, int64_t DHQK, void* base, size_t* by
   w.ar = c.take(geo.BH * geo.S_pad);
   w.d = c.take(geo.BH * geo.S_pad);
   w.kterm = c.take(geo.BH * geo.S_pad);
-  w.qterm = c.take(geo.BH * geo.S_pad);
   w.qterm_d = c.take(geo.BH * geo.S_pad);
-  w.inv_d = c.take(geo.BH * geo.S_pad);
   w.sigma = c.take(geo.BH * geo.S_pad);
   w.dm = c.take(geo.BH * geo.S_pad);
   w.gsum = c.take(geo.BH * geo.NT);
@@ -269,9 +267,7 @@ mlstm_status backward(const BwdParams& p) {
   rp.m2 = saved.m2;
   rp.den = saved.den;
   rp.ar = w.ar;
-  rp.qterm = w.qterm;
   rp.qterm_d = w.qterm_d;
-  rp.inv_d = w.inv_d;
   rp.sigma = w.sigma;
   rp.dm = w.dm;
   const int64_t row_blocks = (rp.rows + parallel::kRowWarps - 1) / parallel::kRowWarps;
@@ -286,9 +282,8 @@ mlstm_status backward(const BwdParams& p) {
   tq.z = operand(p.k, p.DHQK);
   tq.dot = operand(p.q, p.DHQK);
   set_out(&tq, p.dq);
-  tq.row_term = w.qterm;
+  tq.row_term = w.qterm_d;
   tq.row_add = w.sigma;
-  tq.row_scale = w.inv_d;
   tq.col_term = w.kterm;
   tq.gsum = w.gsum;
   tq.row_dot = w.qdq;

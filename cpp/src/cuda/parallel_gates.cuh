@@ -179,9 +179,7 @@ struct BwdRowParams {
   const float* m2 = nullptr;   // (B*NH, S) saved
   const float* den = nullptr;  // (B*NH, S) saved
   const float* ar = nullptr;   // (B*NH, S_pad)
-  float* qterm = nullptr;      // (B*NH, S_pad)  Ar - m2 + log2 scale
-  float* qterm_d = nullptr;    // (B*NH, S_pad)  the same minus log2(d_t): carries 1/d_t into exp2
-  float* inv_d = nullptr;      // (B*NH, S_pad)  1/d_t
+  float* qterm_d = nullptr;    // (B*NH, S_pad)  Ar - m2 + log2 scale - log2(d_t): carries 1/d_t into exp2
   float* sigma = nullptr;      // (B*NH, S_pad)  -[|den| >= exp(-m)] sign(den) (dh.h)
   float* dm = nullptr;         // (B*NH, S_pad)  dL/dm_t through eps: -eps (dh.h) / d_t
 };
@@ -199,9 +197,7 @@ __global__ void __launch_bounds__(32 * kRowWarps) parallel_bwd_rows_kernel(const
   const int64_t idx = bh * p.S_pad + t;
   if (t >= p.S) {
     if (lane == 0) {
-      p.qterm[idx] = -INFINITY;
       p.qterm_d[idx] = -INFINITY;
-      p.inv_d[idx] = 0.0f;
       p.sigma[idx] = 0.0f;
       p.dm[idx] = 0.0f;
     }
@@ -220,10 +216,7 @@ __global__ void __launch_bounds__(32 * kRowWarps) parallel_bwd_rows_kernel(const
     const float floor_term = exp2f(-m);  // exp(-m_t)
     const float abs_den = fabsf(den);
     const float d = fmaxf(abs_den, floor_term) + p.eps;
-    const float qterm = p.ar[idx] - m + p.log2_scale;
-    p.qterm[idx] = qterm;
-    p.qterm_d[idx] = qterm - log2f(d);
-    p.inv_d[idx] = 1.0f / d;
+    p.qterm_d[idx] = (p.ar[idx] - m + p.log2_scale) - log2f(d);
     p.sigma[idx] = abs_den >= floor_term ? -copysignf(1.0f, den) * dot : 0.0f;
     p.dm[idx] = -p.eps * dot / d;
   }

@@ -10,11 +10,11 @@
 // and the epilogue writes Acc. With q̂ = q / sqrt(DHQK), d_t = max(|den_t|, exp(-m_t)) + eps:
 //   forward  rows = queries t, cols = keys s:   X = q,  Y = k,  Z = v,   Pv = T Ds = C̃,
 //            den_t = Σ_s C̃_{t,s},  h_t = Acc_t / d_t
-//   grad q   rows = queries:   X = dh, Y = v,  Z = k,   Pv = (T + σ_t) Ds,  dq_t = Acc_t / d_t
+//   grad q   rows = queries:   X = dh, Y = v,  Z = k,   Pv = (T + σ_t) Ds / d_t
 //   grad k   rows = keys s, cols = queries t:   X = v,  Y = dh, Z = q,   Pv = (T + σ_t) Ds / d_t
 //   grad v   rows = keys:      X = k,  Y = q,  Z = dh,  Pv = T Ds / d_t
 // (σ_t = -[|den_t| >= exp(-m_t)] sign(den_t) (dh_t.h_t), the normaliser path of the exact gradient;
-// 1/d_t of a column is folded into its exponent term). The grad q and grad k passes also write the
+// 1/d_t is folded into the query's exponent term). The grad q and grad k passes also write the
 // row dots q_t.dq_t and k_s.dk_s in fp32 for the gate gradients.
 //
 // The gate matrix is never formed: the exponent of element (t, s) is the sum of a per-row term,
@@ -58,7 +58,6 @@ struct TileParams {
   int64_t out_stride_b = 0, out_stride_h = 0, out_stride_s = 0;
   const float* row_term = nullptr;   // (B*NH, S_pad)
   const float* row_add = nullptr;    // grad q: σ_t
-  const float* row_scale = nullptr;  // grad q: 1/d_t
   const float* col_term = nullptr;   // (B*NH, S_pad)
   const float* col_add = nullptr;    // grad k: σ_t
   const float* gsum = nullptr;       // (B*NH, NT) granule totals of log2 f̃
@@ -205,13 +204,18 @@ __device__ __forceinline__ void warp_update(Accumulator<T>& acc, const PFragment
 }
 
 // The elementwise map of one 16-row block of a tile, in place on its scores (see the pass table at
-// the top). row_exp: row term + E of the accumulator rows (g, g + 8); row_local: their positions
-// inside the diagonal granule; diag: mask to s <= t.
+// the top). row_term: the row terms of the accumulator rows (g, g + 8); gap: E; row_local: their
+// positions inside the diagonal granule; diag: mask to s <= t.
+// The grad q and grad k passes must produce bit-identical values for element (t, s), so that the
+// gate gradient Σ_{t>=r} q_t.dq_t - Σ_{s>=r} k_s.dk_s telescopes over the same rounded products:
+// both form the exponent as (key term + E) + query term, E being exact (see the walk below).
 template <Pass kPass>
 __device__ __forceinline__ void gate_tile(float (&s)[kTile / 8][4], float (&rowsum)[2], const float* col_term,
-                                          const float* col_add, const float (&row_exp)[2], const float (&row_add)[2],
+                                          const float* col_add, const float (&row_term)[2], float gap,
+                                          const float (&row_add)[2],
                                           const int (&row_local)[2], bool diag, int tq) {
   constexpr bool kTransposed = kPass == Pass::kGradK || kPass == Pass::kGradV;
+  const float row_exp[2] = {row_term[0] + gap, row_term[1] + gap};
 #pragma unroll
   for (int nb = 0; nb < kTile / 8; ++nb) {
     const int c0 = 8 * nb + 2 * tq;
@@ -221,8 +225,9 @@ __device__ __forceinline__ void gate_tile(float (&s)[kTile / 8][4], float (&rows
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int r = e >> 1;
-      const int col = c0 + (e & 1);
-      const float ds = fast_exp2(row_exp[r] + ((e & 1) ? ct.y : ct.x));
+      const int col_index = c0 + (e & 1);
+      const float col = (e & 1) ? ct.y : ct.x;
+      const float ds = fast_exp2(kPass == Pass::kGradQ ? (col + gap) + row_term[r] : row_exp[r] + col);
       float v;
       if constexpr (kPass == Pass::kForward || kPass == Pass::kGradV) {
         v = s[nb][e] * ds;
@@ -232,7 +237,7 @@ __device__ __forceinline__ void gate_tile(float (&s)[kTile / 8][4], float (&rows
         v = (s[nb][e] + ((e & 1) ? ca.y : ca.x)) * ds;
       }
       if (diag) {
-        const bool keep = kTransposed ? col >= row_local[r] : col <= row_local[r];
+        const bool keep = kTransposed ? col_index >= row_local[r] : col_index <= row_local[r];
         v = keep ? v : 0.0f;
       }
       s[nb][e] = v;
@@ -362,7 +367,9 @@ __global__ void __launch_bounds__(TileConfig<T>::kThreads, TileConfig<T>::kMinBl
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[rb][nb][e] = 0.0f;
   }
-  float gap = 0.0f;  // E of this warp's rows and the current column granule
+  // E of this warp's rows and the current column granule. Summed in double, where sums of these
+  // fp32 granule totals are exact, so that both walk directions give the same (rounded) E.
+  double gap_exact = 0.0;
 
   int step = 0;
   for (int it = 0; it < n_tiles; ++it) {
@@ -370,7 +377,8 @@ __global__ void __launch_bounds__(TileConfig<T>::kThreads, TileConfig<T>::kMinBl
     const bool diag = granule == diag_granule;
     // A warp whose rows lie entirely across the diagonal from this tile only keeps the ring going.
     const bool active = warp_valid && (transposed ? granule >= diag_granule : granule <= diag_granule);
-    if (active) gap = diag ? -gsum[granule] : gap + gsum[transposed ? granule - 1 : granule + 1];
+    if (active) gap_exact = diag ? -double(gsum[granule]) : gap_exact + double(gsum[transposed ? granule - 1 : granule + 1]);
+    const float gap = static_cast<float>(gap_exact);
 
     Scores<T> sc;
 #pragma unroll
@@ -391,21 +399,24 @@ __global__ void __launch_bounds__(TileConfig<T>::kThreads, TileConfig<T>::kMinBl
       const float* tables = reinterpret_cast<const float*>(smem + slot + kTile * L::kRowBytes);
 #pragma unroll
       for (int rb = 0; rb < RB; ++rb) {
-        const float row_exp[2] = {row_term[rb][0] + gap, row_term[rb][1] + gap};
         const int rl = static_cast<int>(warp_row0 - int64_t(granule) * kTile) + 16 * rb + g;
         const int row_local[2] = {rl, rl + 8};
         switch (p.pass) {
           case Pass::kForward:
-            gate_tile<Pass::kForward>(sc[rb], rowsum[rb], tables, tables + kTile, row_exp, row_add[rb], row_local, diag, tq);
+            gate_tile<Pass::kForward>(sc[rb], rowsum[rb], tables, tables + kTile, row_term[rb], gap, row_add[rb],
+                                    row_local, diag, tq);
             break;
           case Pass::kGradQ:
-            gate_tile<Pass::kGradQ>(sc[rb], rowsum[rb], tables, tables + kTile, row_exp, row_add[rb], row_local, diag, tq);
+            gate_tile<Pass::kGradQ>(sc[rb], rowsum[rb], tables, tables + kTile, row_term[rb], gap, row_add[rb],
+                                    row_local, diag, tq);
             break;
           case Pass::kGradK:
-            gate_tile<Pass::kGradK>(sc[rb], rowsum[rb], tables, tables + kTile, row_exp, row_add[rb], row_local, diag, tq);
+            gate_tile<Pass::kGradK>(sc[rb], rowsum[rb], tables, tables + kTile, row_term[rb], gap, row_add[rb],
+                                    row_local, diag, tq);
             break;
           case Pass::kGradV:
-            gate_tile<Pass::kGradV>(sc[rb], rowsum[rb], tables, tables + kTile, row_exp, row_add[rb], row_local, diag, tq);
+            gate_tile<Pass::kGradV>(sc[rb], rowsum[rb], tables, tables + kTile, row_term[rb], gap, row_add[rb],
+                                    row_local, diag, tq);
             break;
         }
         if constexpr (Cfg::kTensorCores) {
@@ -457,12 +468,6 @@ __global__ void __launch_bounds__(TileConfig<T>::kThreads, TileConfig<T>::kMinBl
           row_scale[r] = 1.0f / (fmaxf(fabsf(den), exp2f(-m)) + p.eps);
           if (slice == 0 && tq == 0) p.den[bh * p.S + row] = den;
         }
-      }
-    } else if (p.pass == Pass::kGradQ) {
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int64_t row = warp_row0 + 16 * rb + g + 8 * r;
-        row_scale[r] = row < p.S ? p.row_scale[bh * p.S_pad + row] : 0.0f;
       }
     }
     float dot[2] = {0.0f, 0.0f};
