@@ -9,7 +9,7 @@
 // everything else is a few kilobytes. Work mapping: each block owns one column slab of C of one
 // (b, h) (DHHV split into `nslab` slabs so that small batches still fill the GPU) and walks it in
 // tiles of `tile_threads` x VEC columns; within a tile, thread (g, x) updates rows g, g + groups, ...
-// of its VEC columns with 16-byte loads and stores, keeping kUnroll loads in flight, and accumulates
+// of its VEC columns with 16-byte loads and stores, keeping kStepUnroll loads in flight, and accumulates
 // its share of C_t^T q^; the partial sums meet in shared memory.
 //
 // Every block recomputes the scalars, n_t and n_t . q^ for its (b, h) (DHQK elements: negligible
