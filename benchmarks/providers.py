@@ -80,6 +80,8 @@ DEFAULT_PROVIDERS: tuple[Provider, ...] = (
     _ours("native_sequence__native", ("sequence",), registry="sequence", max_S=1024, note="plain torch"),
     Provider("torch:sdpa_flash", "torch", "attention", "sdpa_flash", ("consttoken",),
              note="causal softmax attention, NH_ATTN x DH_ATTN heads at the same token count"),
+    Provider("torch:sdpa", "torch", "attention", "sdpa", ("consttoken",),
+             note="as torch:sdpa_flash, with the backend torch picks (cuDNN on recent Hopper builds)"),
     Provider("fla:chunk_simple_gla", "fla", "fla", "chunk_simple_gla", TRAINING_SUITES),
     Provider("fla:chunk_gla", "fla", "fla", "chunk_gla", TRAINING_SUITES),
     _upstream("chunkwise--triton_limit_chunk", TRAINING_SUITES),

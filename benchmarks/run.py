@@ -154,7 +154,7 @@ def run_suite(suite_name: str, config: configs.HeadConfig, args, settings: timin
             if suite.kind == "step":
                 wl = workloads.step(fn, p, dtype, device, provider.kwargs)
             elif provider.registry == "attention":
-                wl = workloads.sdpa(p, dtype, device, m)
+                wl = workloads.sdpa(p, dtype, device, m, force_flash=provider.name == "sdpa_flash")
             elif provider.registry == "fla":
                 wl = workloads.fla(fn, "head" if provider.name == "chunk_simple_gla" else "key", p, dtype, device, m)
             elif suite.kind == "sequence":

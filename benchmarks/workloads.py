@@ -116,9 +116,9 @@ def sequence(fn: Callable, p: Point, dtype: torch.dtype, device: str, kwargs: di
     return Workload(make, call)
 
 
-def sdpa(p: Point, dtype: torch.dtype, device: str, mode: str) -> Workload:
+def sdpa(p: Point, dtype: torch.dtype, device: str, mode: str, force_flash: bool) -> Workload:
     """torch scaled_dot_product_attention, causal, NH_ATTN heads of DH_ATTN at the same token count;
-    forced to the flash backend on CUDA."""
+    `force_flash` pins the flash backend on CUDA, otherwise torch chooses."""
     grad = mode == "fwbw"
 
     def make(seed: int) -> dict:
@@ -132,7 +132,7 @@ def sdpa(p: Point, dtype: torch.dtype, device: str, mode: str) -> Workload:
         return t
 
     def attention(t: dict) -> torch.Tensor:
-        if device == "cuda":
+        if device == "cuda" and force_flash:
             from torch.nn.attention import SDPBackend, sdpa_kernel
 
             with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
