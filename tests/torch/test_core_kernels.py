@@ -299,7 +299,7 @@ def test_state_passing(name, dtype, device):
     """Three calls, each started from the previous one's last states, == one call over the whole
     sequence == the reference: outputs, last states and every gradient (initial states included)."""
     fn = kernel(name)
-    B, NH, S, DHQK, DHHV, L = 2, 3, 150, 16, 24, 32
+    B, NH, S, DHQK, DHHV, L = 2, 3, 150, 16, 32, 32
     cuts = (0, 45, 101, S)
     inputs = make_inputs(B, NH, S, DHQK, DHHV, dtype, device, with_initial=True, f_bias=2.0)
 
