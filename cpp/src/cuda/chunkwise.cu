@@ -30,22 +30,29 @@ using namespace chunkwise;
 constexpr size_t kAlign = 256;
 size_t align_up(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 
-// Largest dynamic shared memory per block after opting in, per device (queried once).
-mlstm_status smem_optin(int device, int* bytes) {
+struct DeviceInfo {
+  int smem_optin = 0;  // largest dynamic shared memory per block after opting in
+  int sm_count = 0;
+};
+
+// Device attributes, queried once per device.
+mlstm_status device_info(int device, DeviceInfo* info) {
   constexpr int kMaxDevices = 64;
   static std::mutex mutex;
-  static int cache[kMaxDevices] = {};
-  if (device >= 0 && device < kMaxDevices) {
+  static DeviceInfo cache[kMaxDevices];
+  const bool cacheable = device >= 0 && device < kMaxDevices;
+  if (cacheable) {
     std::lock_guard<std::mutex> lock(mutex);
-    if (cache[device] > 0) {
-      *bytes = cache[device];
+    if (cache[device].sm_count > 0) {
+      *info = cache[device];
       return MLSTM_OK;
     }
   }
-  MLSTM_CUDA_CHECK(cudaDeviceGetAttribute(bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  if (device >= 0 && device < kMaxDevices) {
+  MLSTM_CUDA_CHECK(cudaDeviceGetAttribute(&info->smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  MLSTM_CUDA_CHECK(cudaDeviceGetAttribute(&info->sm_count, cudaDevAttrMultiProcessorCount, device));
+  if (cacheable) {
     std::lock_guard<std::mutex> lock(mutex);
-    cache[device] = *bytes;
+    cache[device] = *info;
   }
   return MLSTM_OK;
 }
@@ -85,64 +92,122 @@ mlstm_status pick_split(mlstm_dtype dtype, int DA, int DB, int smem_limit, WalkS
               smem_limit);
 }
 
-// The walks of a problem: kFwd (DA = DHQK, DB = DHHV), kDq and kDk (DA = DHHV, DB = DHQK), kDv (as kFwd).
+// The walks of a problem: kFwd and kDv contract over DHQK with value slices of DHHV; kDq and kDk
+// contract over DHHV with value slices of DHQK. When (b, h) x slices leave SMs idle, the sequence is
+// cut into segments that walk in parallel: an update-only pass gives each segment's local state,
+// chunkwise_combine_kernel chains them, then every segment walks from its own start state.
+constexpr int kMinSegmentChunks = 4;  // below this the extra state pass costs more than it frees
+
 struct Plan {
   int64_t BNH = 0, NC = 0;
-  WalkSplit qk_by_v;  // contraction over DHQK, value slices of DHHV (kFwd, kDv)
-  WalkSplit v_by_qk;  // contraction over DHHV, value slices of DHQK (kDq, kDk)
+  WalkSplit qk_by_v;  // kFwd, kDv
+  WalkSplit v_by_qk;  // kDq, kDk
+  int n_seg = 1, seg_chunks = 0;
 };
 
 template <typename P>
 mlstm_status make_plan(const P& p, bool backward, Plan* plan) {
   if (p.m_starts_at_neg_inf)
     return fail(MLSTM_ERROR_INTERNAL, "chunkwise on CUDA: a stabiliser starting at -inf is not a chunkwise problem");
-  int smem_limit = 0;
-  MLSTM_RETURN_IF_ERROR(smem_optin(p.device_index, &smem_limit));
+  DeviceInfo dev;
+  MLSTM_RETURN_IF_ERROR(device_info(p.device_index, &dev));
   plan->BNH = p.B * p.NH;
   plan->NC = (p.S + kT - 1) / kT;
   const auto dtype = static_cast<mlstm_dtype>(p.q.dtype);
-  MLSTM_RETURN_IF_ERROR(pick_split(dtype, int(p.DHQK), int(p.DHHV), smem_limit, &plan->qk_by_v));
-  if (backward) MLSTM_RETURN_IF_ERROR(pick_split(dtype, int(p.DHHV), int(p.DHQK), smem_limit, &plan->v_by_qk));
+  MLSTM_RETURN_IF_ERROR(pick_split(dtype, int(p.DHQK), int(p.DHHV), dev.smem_optin, &plan->qk_by_v));
+  if (backward) MLSTM_RETURN_IF_ERROR(pick_split(dtype, int(p.DHHV), int(p.DHQK), dev.smem_optin, &plan->v_by_qk));
+  // The segmentation depends only on the forward's split, so forward and backward agree on it.
+  const int64_t blocks = plan->BNH * plan->qk_by_v.n_slices;
+  int64_t n_seg = 1;
+  if (blocks < dev.sm_count) n_seg = std::min<int64_t>(dev.sm_count / blocks, plan->NC / kMinSegmentChunks);
+  n_seg = std::max<int64_t>(n_seg, 1);
+  plan->seg_chunks = int((plan->NC + n_seg - 1) / n_seg);
+  plan->n_seg = int((plan->NC + plan->seg_chunks - 1) / plan->seg_chunks);
   return MLSTM_OK;
 }
 
 // Byte offsets of the buffers inside `saved` and the workspaces.
+struct Carve {
+  size_t at = 0;
+  size_t take(size_t bytes) {
+    const size_t o = at;
+    at += align_up(bytes);
+    return o;
+  }
+};
+
+// Per-segment states: C and n always, m and g where asked.
+struct SegmentLayout {
+  size_t C = 0, n = 0, m = 0, g = 0;
+  bool has_m = false, has_g = false;
+  void carve(Carve* c, const Plan& plan, int64_t DHQK, int64_t DHHV, bool with_m, bool with_g) {
+    const size_t per = size_t(plan.n_seg) * size_t(plan.BNH) * sizeof(float);
+    C = c->take(per * size_t(DHQK * DHHV));
+    n = c->take(per * size_t(DHQK));
+    has_m = with_m, has_g = with_g;
+    if (with_m) m = c->take(per);
+    if (with_g) g = c->take(per);
+  }
+  SegmentStates at(unsigned char* base) const {
+    SegmentStates s;
+    s.C = reinterpret_cast<float*>(base + C);
+    s.n = reinterpret_cast<float*>(base + n);
+    if (has_m) s.m = reinterpret_cast<float*>(base + m);
+    if (has_g) s.g = reinterpret_cast<float*>(base + g);
+    return s;
+  }
+};
+
+// saved: m_t, den_t, and (segmented) the state at every segment start for the backward's dq walk.
 struct SavedLayout {
   size_t m = 0, den = 0, bytes = 0;
-  explicit SavedLayout(const Plan& plan, int64_t S) {
-    const size_t n = size_t(plan.BNH * S) * sizeof(float);
-    m = 0;
-    den = align_up(n);
-    bytes = den + align_up(n);
+  SegmentLayout seg;
+  SavedLayout(const Plan& plan, int64_t S, int64_t DHQK, int64_t DHHV) {
+    Carve c;
+    m = c.take(size_t(plan.BNH * S) * sizeof(float));
+    den = c.take(size_t(plan.BNH * S) * sizeof(float));
+    if (plan.n_seg > 1) seg.carve(&c, plan, DHQK, DHHV, false, false);
+    bytes = c.at;
   }
 };
 
 struct FwdLayout {
-  size_t tok = 0, M = 0, bytes = 0;
-  FwdLayout(const Plan& plan, int64_t S, size_t esz) {
-    const size_t n = align_up(size_t(plan.BNH * S) * sizeof(float));
-    tok = 0;
-    M = 4 * n;
-    bytes = M + align_up(size_t(plan.BNH * plan.NC) * kT * kT * esz);
+  size_t tok = 0, tok_stride = 0, M = 0, seg_start_m = 0, bytes = 0;
+  SegmentLayout delta;
+  FwdLayout(const Plan& plan, int64_t S, int64_t DHQK, int64_t DHHV, size_t esz) {
+    Carve c;
+    tok_stride = align_up(size_t(plan.BNH * S) * sizeof(float));
+    tok = c.take(4 * tok_stride);
+    M = c.take(size_t(plan.BNH * plan.NC) * kT * kT * esz);
+    if (plan.n_seg > 1) {
+      delta.carve(&c, plan, DHQK, DHHV, true, true);
+      seg_start_m = c.take(size_t(plan.n_seg * plan.BNH) * sizeof(float));
+    }
+    bytes = c.at;
   }
 };
 
 struct BwdLayout {
-  size_t tok = 0, M1 = 0, M2 = 0, qdq = 0, kdk = 0, lam = 0, c0 = 0, n0 = 0, bytes = 0;
-  size_t tok_stride = 0;
-  BwdLayout(const Plan& plan, int64_t S, size_t esz) {
+  size_t tok = 0, tok_stride = 0, M1 = 0, M2 = 0, qdq = 0, kdk = 0, lam = 0, c0 = 0, n0 = 0, bytes = 0;
+  SegmentLayout delta, start;
+  BwdLayout(const Plan& plan, int64_t S, int64_t DHQK, int64_t DHHV, size_t esz) {
+    Carve c;
     tok_stride = align_up(size_t(plan.BNH * S) * sizeof(float));
-    const size_t m_bytes = align_up(size_t(plan.BNH * plan.NC) * kT * kT * esz);
-    tok = 0;
-    M1 = 5 * tok_stride;
-    M2 = M1 + m_bytes;
-    qdq = M2 + m_bytes;
-    kdk = qdq + size_t(plan.v_by_qk.n_slices) * tok_stride;
-    lam = kdk + size_t(plan.v_by_qk.n_slices) * tok_stride;
-    const size_t part = align_up(size_t(plan.BNH) * sizeof(float));
-    c0 = lam + size_t(plan.v_by_qk.n_slices) * part;
-    n0 = c0 + size_t(plan.qk_by_v.n_slices) * part;
-    bytes = n0 + size_t(plan.v_by_qk.n_slices) * part;
+    tok = c.take(5 * tok_stride);
+    const size_t m_bytes = size_t(plan.BNH * plan.NC) * kT * kT * esz;
+    M1 = c.take(m_bytes);
+    M2 = c.take(m_bytes);
+    qdq = c.take(size_t(plan.v_by_qk.n_slices) * tok_stride);
+    kdk = c.take(size_t(plan.v_by_qk.n_slices) * tok_stride);
+    const size_t part = size_t(plan.BNH) * sizeof(float);
+    lam = c.take(size_t(plan.v_by_qk.n_slices) * part);
+    c0 = c.take(size_t(plan.qk_by_v.n_slices) * part);
+    n0 = c.take(size_t(plan.v_by_qk.n_slices) * part);
+    if (plan.n_seg > 1) {
+      delta.carve(&c, plan, DHQK, DHHV, false, true);
+      start.carve(&c, plan, DHQK, DHHV, false, false);
+    }
+    bytes = c.at;
   }
 };
 
@@ -207,7 +272,18 @@ WalkParams walk_common(const P& p, const Plan& plan, WalkMode mode, const WalkSp
   w.qk_scale = p.qk_scale;
   w.eps = p.eps;
   w.m_in = vec_view(p.m_initial);
+  w.n_seg = plan.n_seg;
+  w.seg_chunks = plan.seg_chunks;
   return w;
+}
+
+CombineParams combine_common(int64_t BNH, int64_t NH, int64_t S, int64_t DHQK, int64_t DHHV, const Plan& plan) {
+  CombineParams c;
+  c.BNH = BNH, c.NH = NH, c.S = S;
+  c.DHQK = int(DHQK), c.DHHV = int(DHHV);
+  c.n_seg = plan.n_seg;
+  c.seg_tokens = plan.seg_chunks * kT;
+  return c;
 }
 
 // ---- forward ----------------------------------------------------------------------------------------------
@@ -215,9 +291,8 @@ WalkParams walk_common(const P& p, const Plan& plan, WalkMode mode, const WalkSp
 template <typename Elem>
 mlstm_status run_fwd(const FwdParams& p, const Plan& plan) {
   const cudaStream_t stream = stream_of(p.stream);
-  const FwdLayout ws(plan, p.S, sizeof(Elem));
+  const FwdLayout ws(plan, p.S, p.DHQK, p.DHHV, sizeof(Elem));
   unsigned char* wsb = static_cast<unsigned char*>(p.workspace);
-  const size_t tok_stride = align_up(size_t(plan.BNH * p.S) * sizeof(float));
 
   FwdScoreParams sp;
   sp.BNH = plan.BNH, sp.NH = p.NH, sp.S = p.S, sp.NC = plan.NC;
@@ -226,7 +301,7 @@ mlstm_status run_fwd(const FwdParams& p, const Plan& plan) {
   sp.q = seq4(p.q), sp.k = seq4(p.k);
   sp.i = seq3(p.i), sp.f = seq3(p.f);
   sp.gate_dtype = p.i.dtype;
-  sp.tok = tokens(wsb + ws.tok, tok_stride, 4);
+  sp.tok = tokens(wsb + ws.tok, ws.tok_stride, 4);
   sp.M = wsb + ws.M;
   MLSTM_RETURN_IF_ERROR(launch_fwd_scores<Elem>(sp, stream));
 
@@ -234,22 +309,40 @@ mlstm_status run_fwd(const FwdParams& p, const Plan& plan) {
   w.A = seq4(p.q), w.Bk = seq4(p.k), w.V = seq4(p.v), w.out = seq4(p.h);
   w.M = wsb + ws.M;
   w.tok = sp.tok;
-  if (p.saved != nullptr) {
-    const SavedLayout sv(plan, p.S);
-    unsigned char* s = static_cast<unsigned char*>(p.saved);
-    w.m_out = reinterpret_cast<float*>(s + sv.m);
-    w.den_out = reinterpret_cast<float*>(s + sv.den);
-  }
   if (p.has_initial) {
     w.state_in = state_view(p.c_initial);
     w.aug_in = vec_view(p.n_initial);
+  }
+  if (plan.n_seg > 1) {
+    // Segment states: the local state of every segment but the last, then their chaining. The
+    // chained states also go to `saved`, where the backward's dq walk starts its segments.
+    if (p.saved == nullptr)
+      return fail(MLSTM_ERROR_INTERNAL, "chunkwise on CUDA: a segmented forward needs the saved buffer");
+    const SavedLayout sv(plan, p.S, p.DHQK, p.DHHV);
+    WalkParams pass = w;
+    pass.state_only = true;
+    pass.seg_delta = ws.delta.at(wsb);
+    MLSTM_RETURN_IF_ERROR(launch_walk<Elem>(pass, plan.qk_by_v.n_slices, plan.n_seg - 1, plan.qk_by_v.smem, stream));
+    CombineParams c = combine_common(plan.BNH, p.NH, p.S, p.DHQK, p.DHHV, plan);
+    c.state_in = w.state_in, c.aug_in = w.aug_in, c.m_in = w.m_in;
+    c.delta = pass.seg_delta;
+    c.start = sv.seg.at(static_cast<unsigned char*>(p.saved));
+    c.start.m = reinterpret_cast<float*>(wsb + ws.seg_start_m);
+    MLSTM_RETURN_IF_ERROR(launch_combine(c, stream));
+    w.seg_start = c.start;
+  }
+  if (p.saved != nullptr) {
+    const SavedLayout sv(plan, p.S, p.DHQK, p.DHHV);
+    unsigned char* s = static_cast<unsigned char*>(p.saved);
+    w.m_out = reinterpret_cast<float*>(s + sv.m);
+    w.den_out = reinterpret_cast<float*>(s + sv.den);
   }
   if (p.has_last) {
     w.state_out = state_view(p.c_last);
     w.aug_out = vec_view(p.n_last);
     w.m_last = vec_view(p.m_last);
   }
-  return launch_walk<Elem>(w, plan.qk_by_v.n_slices, plan.qk_by_v.smem, stream);
+  return launch_walk<Elem>(w, plan.qk_by_v.n_slices, plan.n_seg, plan.qk_by_v.smem, stream);
 }
 
 // ---- backward ---------------------------------------------------------------------------------------------
@@ -257,8 +350,8 @@ mlstm_status run_fwd(const FwdParams& p, const Plan& plan) {
 template <typename Elem>
 mlstm_status run_bwd(const BwdParams& p, const Plan& plan) {
   const cudaStream_t stream = stream_of(p.stream);
-  const BwdLayout ws(plan, p.S, sizeof(Elem));
-  const SavedLayout sv(plan, p.S);
+  const BwdLayout ws(plan, p.S, p.DHQK, p.DHHV, sizeof(Elem));
+  const SavedLayout sv(plan, p.S, p.DHQK, p.DHHV);
   unsigned char* wsb = static_cast<unsigned char*>(p.workspace);
   const unsigned char* saved = static_cast<const unsigned char*>(p.saved);
   const float* m_saved = reinterpret_cast<const float*>(saved + sv.m);
@@ -301,7 +394,30 @@ mlstm_status run_bwd(const BwdParams& p, const Plan& plan) {
     dq.end_part = lam;
   }
   dq.dot_part = qdq;
-  MLSTM_RETURN_IF_ERROR(launch_walk<Elem>(dq, plan.v_by_qk.n_slices, plan.v_by_qk.smem, stream));
+  if (plan.n_seg > 1) dq.seg_start = sv.seg.at(const_cast<unsigned char*>(saved));
+  MLSTM_RETURN_IF_ERROR(launch_walk<Elem>(dq, plan.v_by_qk.n_slices, plan.n_seg, plan.v_by_qk.smem, stream));
+
+  // Segmented: dC and dn at every segment's end, from an update-only backward pass over all
+  // segments but the first and their chaining.
+  SegmentStates d_end;
+  if (plan.n_seg > 1) {
+    WalkParams pass = walk_common(p, plan, WalkMode::kDk, plan.v_by_qk);
+    pass.Bk = seq4(p.dh), pass.V = seq4(p.q);
+    pass.tok = tok;
+    pass.m_saved = m_saved;
+    pass.state_only = true;
+    pass.seg_offset = 1;
+    pass.seg_delta = ws.delta.at(wsb);
+    MLSTM_RETURN_IF_ERROR(launch_walk<Elem>(pass, plan.v_by_qk.n_slices, plan.n_seg - 1, plan.v_by_qk.smem, stream));
+    CombineParams c = combine_common(plan.BNH, p.NH, p.S, p.DHQK, p.DHHV, plan);
+    c.backward = true;
+    if (p.has_dlast) c.state_in = state_view(p.dc_last), c.aug_in = vec_view(p.dn_last);
+    c.m_saved = m_saved;
+    c.delta = pass.seg_delta;
+    c.start = ws.start.at(wsb);
+    MLSTM_RETURN_IF_ERROR(launch_combine(c, stream));
+    d_end = c.start;
+  }
 
   // dv: backward in time over dC^T; leaves dc_initial and <dc_initial, c_initial>.
   WalkParams dv = walk_common(p, plan, WalkMode::kDv, plan.qk_by_v);
@@ -315,7 +431,8 @@ mlstm_status run_bwd(const BwdParams& p, const Plan& plan) {
     dv.state_dot = state_view(p.c_initial);
     dv.end_part = c0;
   }
-  MLSTM_RETURN_IF_ERROR(launch_walk<Elem>(dv, plan.qk_by_v.n_slices, plan.qk_by_v.smem, stream));
+  dv.seg_start = d_end;
+  MLSTM_RETURN_IF_ERROR(launch_walk<Elem>(dv, plan.qk_by_v.n_slices, plan.n_seg, plan.qk_by_v.smem, stream));
 
   // dk: backward in time over dC with the extra row dn; leaves dn_initial and <dn_initial, n_initial>.
   WalkParams dk = walk_common(p, plan, WalkMode::kDk, plan.v_by_qk);
@@ -333,7 +450,8 @@ mlstm_status run_bwd(const BwdParams& p, const Plan& plan) {
     dk.end_part = n0;
   }
   dk.dot_part = kdk;
-  MLSTM_RETURN_IF_ERROR(launch_walk<Elem>(dk, plan.v_by_qk.n_slices, plan.v_by_qk.smem, stream));
+  dk.seg_start = d_end;
+  MLSTM_RETURN_IF_ERROR(launch_walk<Elem>(dk, plan.v_by_qk.n_slices, plan.n_seg, plan.v_by_qk.smem, stream));
 
   GatesParams gp;
   gp.BNH = plan.BNH, gp.NH = p.NH, gp.S = p.S;
@@ -354,13 +472,20 @@ mlstm_status run_bwd(const BwdParams& p, const Plan& plan) {
   return launch_bwd_gates(gp, stream);
 }
 
+// The buffers hold tiles copied with 16-byte asynchronous copies.
+mlstm_status check_buffer_alignment(const char* what, const void* workspace, const void* saved) {
+  if (reinterpret_cast<uintptr_t>(workspace) % 16 != 0 || reinterpret_cast<uintptr_t>(saved) % 16 != 0)
+    return fail(MLSTM_ERROR_INVALID_ARGUMENT, "%s on CUDA: workspace and saved buffers must be 16-byte aligned", what);
+  return MLSTM_OK;
+}
+
 }  // namespace
 
 mlstm_status chunkwise_fwd_sizes(const FwdParams& p, mlstm_buffer_sizes* sizes) {
   Plan plan;
   MLSTM_RETURN_IF_ERROR(make_plan(p, /*backward=*/false, &plan));
-  sizes->saved_bytes = SavedLayout(plan, p.S).bytes;
-  sizes->workspace_bytes = FwdLayout(plan, p.S, elem_bytes(p.q.dtype)).bytes;
+  sizes->saved_bytes = SavedLayout(plan, p.S, p.DHQK, p.DHHV).bytes;
+  sizes->workspace_bytes = FwdLayout(plan, p.S, p.DHQK, p.DHHV, elem_bytes(p.q.dtype)).bytes;
   return MLSTM_OK;
 }
 
@@ -368,11 +493,12 @@ mlstm_status chunkwise_bwd_sizes(const BwdParams& p, mlstm_buffer_sizes* sizes) 
   Plan plan;
   MLSTM_RETURN_IF_ERROR(make_plan(p, /*backward=*/true, &plan));
   sizes->saved_bytes = 0;
-  sizes->workspace_bytes = BwdLayout(plan, p.S, elem_bytes(p.q.dtype)).bytes;
+  sizes->workspace_bytes = BwdLayout(plan, p.S, p.DHQK, p.DHHV, elem_bytes(p.q.dtype)).bytes;
   return MLSTM_OK;
 }
 
 mlstm_status chunkwise_fwd(const FwdParams& p) {
+  MLSTM_RETURN_IF_ERROR(check_buffer_alignment("chunkwise", p.workspace, p.saved));
   DeviceGuard guard(p.device_index);
   Plan plan;
   MLSTM_RETURN_IF_ERROR(make_plan(p, /*backward=*/false, &plan));
@@ -385,6 +511,7 @@ mlstm_status chunkwise_fwd(const FwdParams& p) {
 }
 
 mlstm_status chunkwise_bwd(const BwdParams& p) {
+  MLSTM_RETURN_IF_ERROR(check_buffer_alignment("chunkwise backward", p.workspace, p.saved));
   DeviceGuard guard(p.device_index);
   if (p.saved == nullptr)
     return fail(MLSTM_ERROR_INVALID_ARGUMENT, "chunkwise backward on CUDA: saved is NULL (run the forward with a saved buffer)");

@@ -179,6 +179,16 @@ __global__ void __launch_bounds__(kThreads, 1) chunkwise_walk_kernel(const WalkP
 
   const int db0 = slice * DB_s;
   const int dbw = min(DB_s, p.DB - db0);  // valid value columns of this slice (multiple of 16)
+  const bool natural = state_is_natural(mode);
+  const int DHQK = natural ? p.DB : p.DA, DHHV = natural ? p.DA : p.DB;
+
+  // This block's segment of the sequence and its place in the walk.
+  const int seg = int(blockIdx.z) + p.seg_offset;
+  const int c_begin = seg * p.seg_chunks;
+  const int n_it = min(NC, c_begin + p.seg_chunks) - c_begin;
+  const bool starts_walk = reverse ? seg == p.n_seg - 1 : seg == 0;
+  const bool ends_walk = reverse ? seg == 0 : seg == p.n_seg - 1;
+  const bool outputs = !p.state_only;
 
   // Output tile (kT x DB_s): warp owns rows 16*(warp%4).. and the column half warp/4.
   const int rb = warp & 3, wc = warp >> 2;
@@ -188,27 +198,40 @@ __global__ void __launch_bounds__(kThreads, 1) chunkwise_walk_kernel(const WalkP
   const int rbu = DB_s / 16, cg = kWarps / rbu;
   const int urow = 16 * (warp % rbu), ucol = (warp / rbu) * (kTK / cg), nt_u = kTK / cg / 8;
 
-  walk_load_state(p, b, h, db0, dbw, St, ldS, DB_s, L.DA_pad, nvec, srow);
-  float m_k = (p.m_in.data != nullptr) ? *p.m_in.row<float>(b, h, 0) : 0.f;
-  const float m_initial = m_k;
+  WalkStart from;  // zeros (a state-only pass) unless the user's or a segment's state is given
+  if (!p.state_only) {
+    if (starts_walk) {
+      from.state = p.state_in, from.aug = p.aug_in, from.m = p.m_in;
+    } else {
+      from = segment_view(p.seg_start, seg, p.BNH, p.NH, DHQK, DHHV);
+    }
+  }
+  walk_load_state(p, from, b, h, db0, dbw, St, ldS, DB_s, L.DA_pad, nvec, srow);
+  // m before the walk: the user's m_initial (0 when absent), a segment's start, or -inf for the
+  // local state of a segment (kFwd; the backward walks take every m from the saved m_t).
+  float m_k = from.m.data != nullptr ? *from.m.row<float>(b, h, 0) : (p.state_only ? -INFINITY : 0.f);
+  const float m_initial = p.m_in.data != nullptr ? *p.m_in.row<float>(b, h, 0) : 0.f;
+  float g_total = 0.f;
 
-  auto chunk_at = [&](int it) { return reverse ? NC - 1 - it : it; };
+  auto chunk_at = [&](int it) { return reverse ? c_begin + n_it - 1 - it : c_begin + it; };
   auto a_tile = [&](int slot) { return ring + (2 * slot) * kT * ldE; };
   auto b_tile = [&](int slot) { return ring + (2 * slot + 1) * kT * ldE; };
   auto issue_ab = [&](int k, int j, int slot) {
     const int64_t t0 = int64_t(k) * kT;
     const int Tc = chunk_len(p.S, t0, kT);
     const int cols_valid = min(kTK, p.DA - j * kTK);
-    load_tile(a_tile(slot), ldE, p.A.row<Elem>(b, h, t0) + j * kTK, p.A.st, kT, kTK, Tc, cols_valid, p.A.vec, tid,
-              kThreads);
+    if (outputs)
+      load_tile(a_tile(slot), ldE, p.A.row<Elem>(b, h, t0) + j * kTK, p.A.st, kT, kTK, Tc, cols_valid, p.A.vec, tid,
+                kThreads);
     load_tile(b_tile(slot), ldE, p.Bk.row<Elem>(b, h, t0) + j * kTK, p.Bk.st, kT, kTK, Tc, cols_valid, p.Bk.vec, tid,
               kThreads);
   };
   auto issue_mv = [&](int k) {
     const int64_t t0 = int64_t(k) * kT;
     const int Tc = chunk_len(p.S, t0, kT);
-    load_tile(sM, ldT, static_cast<const Elem*>(p.M) + (bh * p.NC + k) * kT * kT, kT, kT, kT, kT, kT, true, tid,
-              kThreads);
+    if (outputs)
+      load_tile(sM, ldT, static_cast<const Elem*>(p.M) + (bh * p.NC + k) * kT * kT, kT, kT, kT, kT, kT, true, tid,
+                kThreads);
     load_tile(sV, ldV, p.V.row<Elem>(b, h, t0) + db0, p.V.st, kT, DB_s, Tc, dbw, p.V.vec, tid, kThreads);
   };
 
@@ -218,7 +241,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunkwise_walk_kernel(const WalkP
   cp_async_commit();
   ChunkTokens next = load_chunk_tokens(p, bh, chunk_at(0));
 
-  for (int it = 0; it < NC; ++it) {
+  for (int it = 0; it < n_it; ++it) {
     const int k = chunk_at(it);
     const int64_t t0 = int64_t(k) * kT;
     const int Tc = chunk_len(p.S, t0, kT);
@@ -226,7 +249,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunkwise_walk_kernel(const WalkP
     if (!is_fwd) m_k = k == 0 ? m_initial : tk.m_prev;
     float m_k1;
     const float alpha = walk_chunk_scalars(p, tk, Tc, m_k, &m_k1, scal);
-    if (it + 1 < NC) next = load_chunk_tokens(p, bh, chunk_at(it + 1));
+    if (it + 1 < n_it) next = load_chunk_tokens(p, bh, chunk_at(it + 1));
     cp_async_wait<0>();
     __syncthreads();
 
@@ -244,21 +267,21 @@ __global__ void __launch_bounds__(kThreads, 1) chunkwise_walk_kernel(const WalkP
       __syncthreads();
       if (j + 1 < nj)
         issue_ab(k, j + 1, slot ^ 1);
-      else if (it + 1 < NC)
+      else if (it + 1 < n_it)
         issue_ab(chunk_at(it + 1), 0, slot ^ 1);
       cp_async_commit();
       const Elem* As = a_tile(slot);
       const Elem* Bs = b_tile(slot);
       // Inter-chunk part with the state before this chunk: acc += A_j St_j^T. The walks that feed
       // the gate gradients take the state at fp32 accuracy (hi + lo parts), see the epilogue.
-      if (nt_out > 0) {
+      if (outputs && nt_out > 0) {
         const float* Sj = St + wc * half * ldS + j * kTK;
         if (split_state)
           warp_mma<Elem, 8, AKind::kRow, BKind::kNKf32Split>(acc, As + 16 * rb * ldE, ldE, Sj, ldS, kTK / 16, nt_out);
         else
           warp_mma<Elem, 8, AKind::kRow, BKind::kNKf32>(acc, As + 16 * rb * ldE, ldE, Sj, ldS, kTK / 16, nt_out);
       }
-      if (is_fwd) {
+      if (is_fwd && outputs) {
         const int row = tid >> 2, c0 = (tid & 3) * 16;
 #pragma unroll
         for (int c = 0; c < 16; ++c) qn += to_float(As[row * ldE + c0 + c]) * nvec[j * kTK + c0 + c];
@@ -297,7 +320,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunkwise_walk_kernel(const WalkP
     // Intra-chunk part: acc2 = M V (forward in time) or M^T V (backward in time).
     float acc2[8][4];
     zero(acc2);
-    if (nt_out > 0) {
+    if (outputs && nt_out > 0) {
       if (!reverse)
         warp_mma<Elem, 8, AKind::kRow, BKind::kKN>(acc2, sM + 16 * rb * ldT, ldT, sV + wc * half, ldV, kT / 16, nt_out);
       else
@@ -312,14 +335,14 @@ __global__ void __launch_bounds__(kThreads, 1) chunkwise_walk_kernel(const WalkP
       if ((tid & 3) == 0) scal[kQN * kT + (tid >> 2)] = qn;
     }
     __syncthreads();  // sM / sV free; q.n visible
-    if (it + 1 < NC) issue_mv(chunk_at(it + 1));
+    if (it + 1 < n_it) issue_mv(chunk_at(it + 1));
     cp_async_commit();
 
     // Epilogue.
     float dot_rows[2] = {0.f, 0.f};
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt) {
-      if (nt >= nt_out) break;
+      if (!outputs || nt >= nt_out) break;
 #pragma unroll
       for (int e2 = 0; e2 < 2; ++e2) {
         const int row = 16 * rb + g + 8 * e2;
@@ -356,27 +379,37 @@ __global__ void __launch_bounds__(kThreads, 1) chunkwise_walk_kernel(const WalkP
         }
       }
     }
-    if (p.dot_part != nullptr) {
+    if (outputs && p.dot_part != nullptr) {
 #pragma unroll
       for (int e2 = 0; e2 < 2; ++e2) {
         const float r = quad_sum(dot_rows[e2]);
         if (t == 0) scal[(kDot0 + wc) * kT + 16 * rb + g + 8 * e2] = r;
       }
     }
-    if (is_fwd && slice == 0 && p.m_out != nullptr && tid < Tc) {
+    if (outputs && is_fwd && slice == 0 && p.m_out != nullptr && tid < Tc) {
       const float den = scal[kRowInter * kT + tid] * scal[kQN * kT + tid] + scal[kRowIntra * kT + tid] * scal[kRowSum * kT + tid];
       p.m_out[bh * p.S + t0 + tid] = scal[kMRow * kT + tid];
       p.den_out[bh * p.S + t0 + tid] = den;
     }
     __syncthreads();  // srow and the row sums read
     if (has_aug && tid < DB_s) srow[tid] = fmaf(alpha, srow[tid], aug_new);
-    if (p.dot_part != nullptr && tid < Tc)
+    if (outputs && p.dot_part != nullptr && tid < Tc)
       p.dot_part[(int64_t(slice) * p.BNH + bh) * p.S + t0 + tid] = scal[kDot0 * kT + tid] + scal[kDot1 * kT + tid];
     if (is_fwd) m_k = m_k1;
+    g_total += tk.g;
   }
   cp_async_wait<0>();
   __syncthreads();
-  walk_finish(p, b, h, bh, slice, db0, dbw, St, ldS, nvec, srow, m_k, tmp);
+  WalkEnd end;
+  if (p.state_only) {
+    const WalkStart d = segment_view(p.seg_delta, seg, p.BNH, p.NH, DHQK, DHHV);
+    end.state_out = d.state, end.aug_out = d.aug, end.m_out = d.m;
+    end.g_out = p.seg_delta.g + seg * p.BNH;
+  } else if (ends_walk) {
+    end.state_out = p.state_out, end.aug_out = p.aug_out, end.m_out = p.m_last;
+    end.state_dot = p.state_dot, end.aug_dot = p.aug_dot, end.end_part = p.end_part;
+  }
+  walk_finish(p, end, b, h, bh, slice, db0, dbw, St, ldS, nvec, srow, m_k, g_total, tmp);
 }
 
 }  // namespace mlstm::cuda::chunkwise

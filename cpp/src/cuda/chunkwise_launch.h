@@ -15,9 +15,11 @@ template <typename Elem>
 mlstm_status launch_bwd_scores(const BwdScoreParams& p, cudaStream_t stream);
 mlstm_status launch_bwd_gates(const GatesParams& p, cudaStream_t stream);
 
-// grid = (value slices, B*NH); smem_bytes from walk_smem_bytes.
+mlstm_status launch_combine(const CombineParams& p, cudaStream_t stream);
+
+// grid = (value slices, B*NH, segments); smem_bytes from walk_smem_bytes.
 template <typename Elem>
-mlstm_status launch_walk(const WalkParams& p, int n_slices, size_t smem_bytes, cudaStream_t stream);
+mlstm_status launch_walk(const WalkParams& p, int n_slices, int n_segments, size_t smem_bytes, cudaStream_t stream);
 template <typename Elem>
 size_t walk_smem_bytes(int DA, int DB_s);
 

@@ -85,9 +85,25 @@ struct BwdScoreParams {
 //   kDk:  dk       A=v  Bk=dh V=q   state dC    backward
 enum class WalkMode : int { kFwd = 0, kDq = 1, kDv = 2, kDk = 3 };
 
+// Per-segment states of a segmented walk, fp32: C (n_seg, B*NH, DHQK, DHHV) in the natural layout,
+// n (n_seg, B*NH, DHQK), m and the segment's total log forget decay g (n_seg, B*NH).
+struct SegmentStates {
+  float* C = nullptr;
+  float* n = nullptr;
+  float* m = nullptr;
+  float* g = nullptr;
+};
+
 struct WalkParams {
   WalkMode mode = WalkMode::kFwd;
   int64_t BNH = 0, NH = 0, S = 0, NC = 0;
+  // Segments: blockIdx.z + seg_offset walks chunks [seg * seg_chunks, (seg + 1) * seg_chunks). A
+  // segment that does not start the walk (the first in time for kFwd/kDq, the last for kDv/kDk)
+  // starts from seg_start; with state_only the walk starts from zero (m = -inf for kFwd), only
+  // updates the state, and leaves it in seg_delta.
+  int n_seg = 1, seg_chunks = 0, seg_offset = 0;
+  bool state_only = false;
+  SegmentStates seg_start, seg_delta;
   int DA = 0, DB = 0, DB_s = 0;  // contraction dim, value dim, value slice per block
   float qk_scale = 1.f, eps = 1e-6f;
   SeqView A, Bk, V, out, partner;  // partner: the tensor dotted with the output (q for dq, k for dk)
@@ -130,6 +146,22 @@ struct GatesParams {
   SeqView m_in;     // (B,NH) or absent
   SeqView dm_last;  // (B,NH) or absent
   SeqView dm_in;    // dm_initial output (B,NH) or absent
+};
+
+// Chains the segments' local states into the states at segment boundaries (one thread per state
+// element; sequential over segments).
+//   forward:  m_{j+1} = max(g_j + m_j, m~_j),  C_{j+1} = exp(g_j + m_j - m_{j+1}) C_j + exp(m~_j - m_{j+1}) dC_j
+//   backward: dC_end_{j-1} = exp(g_j + m_start_j - m_end_j) dC_end_j + dC~_j   (m from the saved m_t)
+struct CombineParams {
+  int64_t BNH = 0, NH = 0, S = 0;
+  int DHQK = 0, DHHV = 0;
+  int n_seg = 1, seg_tokens = 0;
+  bool backward = false;
+  StateView state_in;  // forward: c_initial; backward: dc_last (absent: zeros)
+  SeqView aug_in;      // forward: n_initial; backward: dn_last
+  SeqView m_in;        // forward: m_initial
+  const float* m_saved = nullptr;
+  SegmentStates delta, start;
 };
 
 }  // namespace mlstm::cuda::chunkwise

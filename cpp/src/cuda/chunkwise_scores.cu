@@ -1,5 +1,7 @@
-// Launchers of the per-chunk kernels of the chunkwise form: the forward and backward intra-chunk
-// matrices and the gate gradients (chunkwise_kernels.cuh).
+// Launchers of the small kernels of the chunkwise form: the forward and backward intra-chunk
+// matrices (chunkwise_kernels.cuh), the gate gradients (chunkwise_gates.cuh) and the chaining of
+// segment states (chunkwise_combine.cuh).
+#include "cuda/chunkwise_combine.cuh"
 #include "cuda/chunkwise_gates.cuh"
 #include "cuda/chunkwise_kernels.cuh"
 #include "cuda/chunkwise_launch.h"
@@ -33,6 +35,14 @@ mlstm_status launch_bwd_gates(const GatesParams& p, cudaStream_t stream) {
   const dim3 grid(unsigned((p.BNH + kGateThreads / 32 - 1) / (kGateThreads / 32)));
   MLSTM_CHUNKWISE_LAUNCH(chunkwise_bwd_gates_kernel, grid, kGateThreads, 0, stream, p);
   MLSTM_CUDA_CHECK_LAUNCH("chunkwise_bwd_gates_kernel");
+  return MLSTM_OK;
+}
+
+mlstm_status launch_combine(const CombineParams& p, cudaStream_t stream) {
+  const int64_t elems = int64_t(p.DHQK) * p.DHHV + p.DHQK;
+  const dim3 grid(unsigned((elems + 255) / 256), unsigned(p.BNH));
+  MLSTM_CHUNKWISE_LAUNCH(chunkwise_combine_kernel, grid, 256, 0, stream, p);
+  MLSTM_CUDA_CHECK_LAUNCH("chunkwise_combine_kernel");
   return MLSTM_OK;
 }
 

@@ -244,10 +244,17 @@ __device__ __forceinline__ bool state_is_natural(WalkMode mode) {
   return mode == WalkMode::kDq || mode == WalkMode::kDk;
 }
 
+// Where a walk block starts from: the state (DHQK, DHHV), the extra vector (n or dn) and, for kFwd, m.
+struct WalkStart {
+  StateView state;
+  SeqView aug;
+  SeqView m;
+};
+
 // Loads the initial state slice St[db][da] (zeros where absent or out of range), the extra vector
 // and the forward normaliser.
-__device__ inline void walk_load_state(const WalkParams& p, int64_t b, int64_t h, int db0, int dbw, float* St, int ldS,
-                                       int DB_s, int DA_pad, float* nvec, float* srow) {
+__device__ inline void walk_load_state(const WalkParams& p, const WalkStart& from, int64_t b, int64_t h, int db0,
+                                       int dbw, float* St, int ldS, int DB_s, int DA_pad, float* nvec, float* srow) {
   const int tid = threadIdx.x;
   const bool natural = state_is_natural(p.mode);
   for (int idx = tid; idx < DB_s * DA_pad; idx += kThreads) {
@@ -255,19 +262,35 @@ __device__ inline void walk_load_state(const WalkParams& p, int64_t b, int64_t h
     const int db = natural ? idx / DA_pad : idx % DB_s;
     const int da = natural ? idx % DA_pad : idx / DB_s;
     float x = 0.f;
-    if (p.state_in.data != nullptr && db < dbw && da < p.DA) {
-      const float* X = p.state_in.data + p.state_in.offset(b, h);
-      x = natural ? X[int64_t(db0 + db) * p.state_in.s_row + da] : X[int64_t(da) * p.state_in.s_row + db0 + db];
+    if (from.state.data != nullptr && db < dbw && da < p.DA) {
+      const float* X = from.state.data + from.state.offset(b, h);
+      x = natural ? X[int64_t(db0 + db) * from.state.s_row + da] : X[int64_t(da) * from.state.s_row + db0 + db];
     }
     St[db * ldS + da] = x;
   }
   if (p.mode == WalkMode::kFwd) {
     for (int da = tid; da < DA_pad; da += kThreads)
-      nvec[da] = (p.aug_in.data != nullptr && da < p.DA) ? p.aug_in.row<float>(b, h, 0)[da] : 0.f;
+      nvec[da] = (from.aug.data != nullptr && da < p.DA) ? from.aug.row<float>(b, h, 0)[da] : 0.f;
   }
   for (int db = tid; db < DB_s; db += kThreads)
-    srow[db] = (p.aug_in.data != nullptr && state_is_natural(p.mode) && db < dbw) ? p.aug_in.row<float>(b, h, 0)[db0 + db]
-                                                                                  : 0.f;
+    srow[db] = (from.aug.data != nullptr && natural && db < dbw) ? from.aug.row<float>(b, h, 0)[db0 + db] : 0.f;
+}
+
+// Views of segment `seg` of per-segment states (the natural layout, contiguous per (b, h)).
+__device__ inline WalkStart segment_view(const SegmentStates& s, int seg, int64_t BNH, int64_t NH, int DHQK, int DHHV) {
+  WalkStart v;
+  const int64_t cs = int64_t(DHQK) * DHHV;
+  v.state.data = s.C + seg * BNH * cs;
+  v.state.sb = NH * cs, v.state.sh = cs, v.state.s_row = DHHV;
+  if (s.n != nullptr) {
+    v.aug.data = s.n + seg * BNH * DHQK;
+    v.aug.sb = NH * DHQK, v.aug.sh = DHQK, v.aug.st = 0;
+  }
+  if (s.m != nullptr) {
+    v.m.data = s.m + seg * BNH;
+    v.m.sb = NH, v.m.sh = 1, v.m.st = 0;
+  }
+  return v;
 }
 
 // Block-wide sum; every thread returns the total. `tmp` holds kWarps floats.
@@ -284,48 +307,60 @@ __device__ inline float block_sum(float v, float* tmp) {
   return total;
 }
 
-// What the walk leaves behind at its end: the state (c_last or dc_initial), the extra vector
-// (n_last or dn_initial), m_last, and the partial dot products with given states.
-__device__ inline void walk_finish(const WalkParams& p, int64_t b, int64_t h, int64_t bh, int slice, int db0, int dbw,
-                                   const float* St, int ldS, const float* nvec, const float* srow, float m_final,
-                                   float* tmp) {
+// What a walk block leaves behind at its end.
+struct WalkEnd {
+  StateView state_out;  // the state (natural or transposed into (DHQK, DHHV) by the mode)
+  SeqView aug_out;      // kFwd: n (slice 0 writes it); kDk: dn
+  SeqView m_out;        // kFwd (slice 0)
+  float* g_out = nullptr;  // the walked chunks' total log forget decay (slice 0), (B*NH)
+  StateView state_dot;  // partial <state, state_dot> + <aug, aug_dot> into end_part
+  SeqView aug_dot;
+  float* end_part = nullptr;  // (n_slices, B*NH)
+};
+
+// Writes the state (c_last, dc_initial or a segment's local state), the extra vector (n_last,
+// dn_initial), m, and the partial dot products with given states.
+__device__ inline void walk_finish(const WalkParams& p, const WalkEnd& e, int64_t b, int64_t h, int64_t bh, int slice,
+                                   int db0, int dbw, const float* St, int ldS, const float* nvec, const float* srow,
+                                   float m_final, float g_total, float* tmp) {
   const int tid = threadIdx.x;
   const bool natural = state_is_natural(p.mode);
   const int64_t BNH = p.BNH;
-  if (p.state_out.data != nullptr) {
-    float* X = p.state_out.data + p.state_out.offset(b, h);
+  if (e.state_out.data != nullptr) {
+    float* X = e.state_out.data + e.state_out.offset(b, h);
     for (int idx = tid; idx < dbw * p.DA; idx += kThreads) {
       const int db = natural ? idx / p.DA : idx % dbw;
       const int da = natural ? idx % p.DA : idx / dbw;
       const float x = St[db * ldS + da];
       if (natural)
-        X[int64_t(db0 + db) * p.state_out.s_row + da] = x;
+        X[int64_t(db0 + db) * e.state_out.s_row + da] = x;
       else
-        X[int64_t(da) * p.state_out.s_row + db0 + db] = x;
+        X[int64_t(da) * e.state_out.s_row + db0 + db] = x;
     }
   }
   if (p.mode == WalkMode::kFwd && slice == 0) {
-    if (p.aug_out.data != nullptr)
-      for (int da = tid; da < p.DA; da += kThreads) p.aug_out.mut_row<float>(b, h, 0)[da] = nvec[da];
-    if (p.m_last.data != nullptr && tid == 0) *p.m_last.mut_row<float>(b, h, 0) = m_final;
+    if (e.aug_out.data != nullptr)
+      for (int da = tid; da < p.DA; da += kThreads) e.aug_out.mut_row<float>(b, h, 0)[da] = nvec[da];
+    if (e.m_out.data != nullptr && tid == 0) *e.m_out.mut_row<float>(b, h, 0) = m_final;
   }
-  if (p.mode == WalkMode::kDk && p.aug_out.data != nullptr)
-    for (int db = tid; db < dbw; db += kThreads) p.aug_out.mut_row<float>(b, h, 0)[db0 + db] = srow[db];
-  if (p.end_part != nullptr) {
+  if (p.mode == WalkMode::kDk && e.aug_out.data != nullptr)
+    for (int db = tid; db < dbw; db += kThreads) e.aug_out.mut_row<float>(b, h, 0)[db0 + db] = srow[db];
+  if (e.g_out != nullptr && slice == 0 && tid == 0) e.g_out[bh] = g_total;
+  if (e.end_part != nullptr) {
     float part = 0.f;
-    if (p.state_dot.data != nullptr) {
-      const float* X = p.state_dot.data + p.state_dot.offset(b, h);
+    if (e.state_dot.data != nullptr) {
+      const float* X = e.state_dot.data + e.state_dot.offset(b, h);
       for (int idx = tid; idx < dbw * p.DA; idx += kThreads) {
         const int db = natural ? idx / p.DA : idx % dbw;
         const int da = natural ? idx % p.DA : idx / dbw;
-        const float x = natural ? X[int64_t(db0 + db) * p.state_dot.s_row + da] : X[int64_t(da) * p.state_dot.s_row + db0 + db];
+        const float x = natural ? X[int64_t(db0 + db) * e.state_dot.s_row + da] : X[int64_t(da) * e.state_dot.s_row + db0 + db];
         part += St[db * ldS + da] * x;
       }
     }
-    if (p.aug_dot.data != nullptr)
-      for (int db = tid; db < dbw; db += kThreads) part += srow[db] * p.aug_dot.row<float>(b, h, 0)[db0 + db];
+    if (e.aug_dot.data != nullptr)
+      for (int db = tid; db < dbw; db += kThreads) part += srow[db] * e.aug_dot.row<float>(b, h, 0)[db0 + db];
     const float total = block_sum(part, tmp);
-    if (tid == 0) p.end_part[int64_t(slice) * BNH + bh] = total;
+    if (tid == 0) e.end_part[int64_t(slice) * BNH + bh] = total;
   }
 }
 

@@ -11,10 +11,10 @@ size_t walk_smem_bytes(int DA, int DB_s) {
 }
 
 template <typename Elem>
-mlstm_status launch_walk(const WalkParams& p, int n_slices, size_t smem_bytes, cudaStream_t stream) {
+mlstm_status launch_walk(const WalkParams& p, int n_slices, int n_segments, size_t smem_bytes, cudaStream_t stream) {
   MLSTM_CUDA_CHECK(cudaFuncSetAttribute(chunkwise_walk_kernel<Elem>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         int(smem_bytes)));
-  const dim3 grid(unsigned(n_slices), unsigned(p.BNH));
+  const dim3 grid(unsigned(n_slices), unsigned(p.BNH), unsigned(n_segments));
   MLSTM_CHUNKWISE_LAUNCH(chunkwise_walk_kernel<Elem>, grid, kThreads, smem_bytes, stream, p);
   MLSTM_CUDA_CHECK_LAUNCH("chunkwise_walk_kernel");
   return MLSTM_OK;
@@ -22,7 +22,7 @@ mlstm_status launch_walk(const WalkParams& p, int n_slices, size_t smem_bytes, c
 
 #define MLSTM_CHUNKWISE_WALK(Elem)                                                                \
   template size_t walk_smem_bytes<Elem>(int, int);                                              \
-  template mlstm_status launch_walk<Elem>(const WalkParams&, int, size_t, cudaStream_t);
+  template mlstm_status launch_walk<Elem>(const WalkParams&, int, int, size_t, cudaStream_t);
 MLSTM_CHUNKWISE_WALK(float)
 MLSTM_CHUNKWISE_WALK(__half)
 MLSTM_CHUNKWISE_WALK(__nv_bfloat16)
