@@ -387,6 +387,10 @@ std::vector<Case> small_cases() {
   b.padded = true;
   b.initial = true;
   cs.push_back(b);
+  // Nine chunks for one (b, h): the sequence is cut into segments (state pass + combine).
+  Case c{1, 1, 520, 16, 32, MLSTM_BFLOAT16};
+  c.initial = c.dlast = true;
+  cs.push_back(c);
   return cs;
 }
 
