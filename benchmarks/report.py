@@ -38,7 +38,8 @@ def _fmt_ms(ms: float) -> str:
 
 
 def _status_word(rec: dict) -> str:
-    return {"oom": "OOM", "skipped": "-", "gate_failed": "GATE", "unavailable": "n/a"}.get(rec["status"], "FAIL")
+    return {"oom": "OOM", "skipped": "-", "gate_failed": "GATE", "unavailable": "n/a",
+            "unsupported": "unsup"}.get(rec["status"], "FAIL")
 
 
 def format_table(doc: dict) -> str:

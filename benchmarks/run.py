@@ -219,9 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     slug = device_slug(device)
     written: list[Path] = []
     gate_verdicts: dict = {}
+    docs: list[dict] = []
     for suite_name in suites:
         for config_name in config_names:
             doc = run_suite(suite_name, configs.CONFIGS[config_name], args, settings, env, copy_gb_s, gate_verdicts)
+            docs.append(doc)
             base = f"{suite_name}_{config_name}_{slug}_{stamp}"
             written += report.write_files(doc, out_dir, base)
             if not args.no_plot:
@@ -235,7 +237,15 @@ def main(argv: list[str] | None = None) -> int:
     print("wrote:")
     for path in written:
         print(f"  {path}")
-    return 0
+    # Our kernels must pass their gate and run wherever they claim support; peers may fail freely.
+    measured = sum(r["status"] == "ok" for doc in docs for r in doc["results"])
+    ours_bad = [f"{doc['suite']}/{doc['config']} {r['provider']} {r['mode']} {r['x']}: {r['status']}"
+                for doc in docs for r in doc["results"]
+                if r["family"] == "ours" and r["status"] in ("gate_failed", "failed", "oom")]
+    print(f"summary: {measured} points measured; {len(ours_bad)} points where our kernels failed the gate or crashed")
+    for line in ours_bad:
+        print(f"  {line}")
+    return 1 if ours_bad else 0
 
 
 if __name__ == "__main__":

@@ -86,9 +86,12 @@ def tensor_bytes(obj: Any) -> int:
 
 
 def failure(exc: BaseException) -> dict:
-    """A result record for a call that raised: 'oom' or 'failed', with a one-line reason."""
+    """A result record for a call that raised, with a one-line reason: 'oom'; 'unsupported' for a
+    ValueError (how the kernels refuse shapes beyond their limits); otherwise 'failed'."""
     if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
         status = "oom"
+    elif isinstance(exc, ValueError):
+        status = "unsupported"
     else:
         status = "failed"
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
