@@ -125,7 +125,7 @@ def test_train_mode_parallel(kernel):
     res = run(backend, inputs)
     ref = run(reference_parallel, inputs)
     check_all(f"backend(train, {kernel})", res, ref, None, dtype=torch.float64, shape_info=info_of(inputs),
-              baseline="parallel_reference_fp64")
+              baseline="parallel_reference_fp64", parallel=True)
 
 
 def test_return_last_states_argument_overrides_config():

@@ -77,9 +77,21 @@ def _size_desc(t: torch.Tensor | None):
     return (_PRESENT, _dtype_code(t), ())
 
 
-def _m_view(m: torch.Tensor | None) -> torch.Tensor | None:
-    # (B, NH, 1) -> (B, NH): the ABI's m; same memory.
-    return None if m is None else m[..., 0]
+def _unit_m(m: torch.Tensor | None) -> torch.Tensor | None:
+    """m (B, NH, 1) is the ABI's (B, NH): NH is its innermost dimension and must be unit-stride."""
+    if m is None or m.shape[1] == 1 or m.stride(1) == 1:
+        return m
+    return m.contiguous()
+
+
+def _desc_m(m: torch.Tensor):
+    # (B, NH, 1) described as the ABI's (B, NH), without creating a view; m passed through _unit_m.
+    return (m.data_ptr(), _dtype_code(m), (m.stride(0), 1))
+
+
+def _desc_step(t: torch.Tensor):
+    # (B, NH, D) described as the ABI's (B, NH, S=1, D); the S stride is never used.
+    return (t.data_ptr(), _dtype_code(t), (t.stride(0), t.stride(1), 0, 1))
 
 
 def _device(t: torch.Tensor):
@@ -178,15 +190,17 @@ _LIB.define(
 
 def _train_fwd(core_fn, sizes_fn, q, k, v, i, f, c0, n0, m0, eps, chunk_size, algorithm, return_last_states, save):
     q, k, v, i, f, c0, n0 = (_unit_inner(t) for t in (q, k, v, i, f, c0, n0))
-    m0 = _unit_inner(_m_view(m0))
+    m0 = _unit_m(m0)
     B, NH, S, DHHV = q.shape[0], q.shape[1], q.shape[2], v.shape[-1]
     state_dtype = _state_dtype(q, c0)
     h = _output(q, (B, NH, S, DHHV))  # (B, NH, S, DHHV)
     last = _empty_states(q, DHHV, state_dtype) if return_last_states else _no_states(q, state_dtype)
     a = _args(_core.FwdArgs, q, v, S, eps, chunk_size, algorithm)
-    _set(a, _desc, q=q, k=k, v=v, i=i, f=f, c_initial=c0, n_initial=n0, m_initial=m0, h=h)
+    _set(a, _desc, q=q, k=k, v=v, i=i, f=f, c_initial=c0, n_initial=n0, h=h)
+    _set(a, _desc_m, m_initial=m0)
     if return_last_states:
-        _set(a, _desc, c_last=last[0], n_last=last[1], m_last=_m_view(last[2]))
+        _set(a, _desc, c_last=last[0], n_last=last[1])
+        _set(a, _desc_m, m_last=last[2])
     workspace_bytes, saved_bytes = sizes_fn(a)
     workspace = _workspace(a, workspace_bytes, q)
     saved = _bytes(saved_bytes if save else 0, q)
@@ -265,13 +279,15 @@ def _train_bwd(core_fn, sizes_fn, q, k, v, i, f, c0, n0, m0, h, saved, dh, dc_la
         _unit_inner(t) for t in (q, k, v, i, f, c0, n0, h, dh, dc_last, dn_last)
     )
     grads = _train_grads(q, k, v, i, c0, n0, m0)
-    m0, dm_last = _unit_inner(_m_view(m0)), _unit_inner(_m_view(dm_last))
+    m0, dm_last = _unit_m(m0), _unit_m(dm_last)
     dq, dk, dv, di, df, dc0, dn0, dm0 = grads
     a = _args(_core.BwdArgs, q, v, q.shape[2], eps, chunk_size, algorithm)
-    _set(a, _desc, q=q, k=k, v=v, i=i, f=f, c_initial=c0, n_initial=n0, m_initial=m0, h=h, dh=dh,
-         dc_last=dc_last, dn_last=dn_last, dm_last=dm_last, dq=dq, dk=dk, dv=dv, di=di, df=df)
+    _set(a, _desc, q=q, k=k, v=v, i=i, f=f, c_initial=c0, n_initial=n0, h=h, dh=dh,
+         dc_last=dc_last, dn_last=dn_last, dq=dq, dk=dk, dv=dv, di=di, df=df)
+    _set(a, _desc_m, m_initial=m0, dm_last=dm_last)
     if c0 is not None:
-        _set(a, _desc, dc_initial=dc0, dn_initial=dn0, dm_initial=_m_view(dm0))
+        _set(a, _desc, dc_initial=dc0, dn_initial=dn0)
+        _set(a, _desc_m, dm_initial=dm0)
     workspace_bytes, _ = sizes_fn(a)
     workspace = _workspace(a, workspace_bytes, q)
     a.saved = saved.data_ptr()
@@ -382,14 +398,16 @@ _LIB.define(
 
 def _sequence_fwd(q, k, v, i, f, c_initial, n_initial, m_initial, eps, return_last_states, state_dtype):
     q, k, v, i, f, c0, n0 = (_unit_inner(t) for t in (q, k, v, i, f, c_initial, n_initial))
-    m0 = _unit_inner(_m_view(m_initial))
+    m0 = _unit_m(m_initial)
     B, NH, S, DHHV = q.shape[0], q.shape[1], q.shape[2], v.shape[-1]
     h = _output(q, (B, NH, S, DHHV))  # (B, NH, S, DHHV)
     last = _empty_states(q, DHHV, state_dtype) if return_last_states else _no_states(q, state_dtype)
     a = _args(_core.FwdArgs, q, v, S, eps)
-    _set(a, _desc, q=q, k=k, v=v, i=i, f=f, c_initial=c0, n_initial=n0, m_initial=m0, h=h)
+    _set(a, _desc, q=q, k=k, v=v, i=i, f=f, c_initial=c0, n_initial=n0, h=h)
+    _set(a, _desc_m, m_initial=m0)
     if return_last_states:
-        _set(a, _desc, c_last=last[0], n_last=last[1], m_last=_m_view(last[2]))
+        _set(a, _desc, c_last=last[0], n_last=last[1])
+        _set(a, _desc_m, m_last=last[2])
     workspace_bytes, _ = _core.sequence_fwd_sizes(a)
     workspace = _workspace(a, workspace_bytes, q)
     _core.sequence_fwd(a)
@@ -413,11 +431,12 @@ def _step_fwd(q, k, v, i, f, c, n, m, eps):
     # q, k (B, NH, DHQK); v (B, NH, DHHV); i, f (B, NH, 1); c (B, NH, DHQK, DHHV); n (B, NH, DHQK); m (B, NH, 1)
     # The ABI sees the step as a sequence of length 1: q (B, NH, 1, DHQK), i (B, NH, 1), m (B, NH).
     q, k, v, c, n = (_unit_inner(t) for t in (q, k, v, c, n))
-    m = _unit_inner(_m_view(m))
+    m = _unit_m(m)
     h, c_new, n_new, m_new = _step_outputs(q, v, c)
     a = _args(_core.FwdArgs, q, v, 1, eps)
-    _set(a, _desc, q=q.unsqueeze(2), k=k.unsqueeze(2), v=v.unsqueeze(2), i=i, f=f, h=h.unsqueeze(2),
-         c_initial=c, n_initial=n, m_initial=m, c_last=c_new, n_last=n_new, m_last=_m_view(m_new))
+    _set(a, _desc_step, q=q, k=k, v=v, h=h)
+    _set(a, _desc, i=i, f=f, c_initial=c, n_initial=n, c_last=c_new, n_last=n_new)
+    _set(a, _desc_m, m_initial=m, m_last=m_new)
     workspace_bytes, _ = _core.step_fwd_sizes(a)
     workspace = _workspace(a, workspace_bytes, q)
     _core.step_fwd(a)
