@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-import warnings
 
 import pytest
 import torch
 
 import mlstm_kernels._spec as spec
-from mlstm_kernels.torch import backend_module as bm
 from mlstm_kernels.torch.backend_module import (
     BackendModeType,
     ChunkwiseKernelType,

@@ -70,7 +70,7 @@ def _check_shapes(kernel: str, tensors: dict[str, torch.Tensor | None], **kwargs
         raise ValueError(f"{kernel}: {e}") from None
 
 
-def _kernel_dtype(kernel: str, q, k, v, autocast_kernel_dtype: torch.dtype) -> tuple[torch.dtype | None, bool]:
+def _kernel_dtype(kernel: str, q, k, v, autocast_kernel_dtype: torch.dtype) -> tuple[torch.dtype, bool]:
     """(dtype for q, k, v, whether an autocast region is active)."""
     if torch.is_autocast_enabled(q.device.type):
         if autocast_kernel_dtype not in _FLOAT_DTYPES:
