@@ -49,7 +49,7 @@ nb::object get_tensor(const mlstm_tensor& t) {
 #define MLSTM_TENSOR_PROP(Cls, name)                                                      \
   def_prop_rw(                                                                            \
       #name, [](const Cls& a) { return get_tensor(a.name); },                             \
-      [](Cls& a, nb::handle v) { set_tensor(a.name, v); })
+      [](Cls& a, nb::handle v) { set_tensor(a.name, v); }, nb::for_setter(nb::arg("value").none()))
 
 // Fields shared by the forward and backward argument structs.
 template <typename Cls>
