@@ -11,6 +11,9 @@ from pathlib import Path
 import jax
 
 jax.config.update("jax_enable_x64", True)
+# Arrays not placed explicitly live on the CPU (the references and the CPU cases); "cuda" cases put
+# their inputs on the GPU and the computation follows them.
+jax.config.update("jax_default_device", jax.devices("cpu")[0])
 
 import pytest  # noqa: E402
 

@@ -63,7 +63,7 @@ def test_train_modes(kernel):
     """train == the kernel against the reference; train_with_padding gives the same h; gradients flow."""
     seed, x = _x(with_initial=True)
     backend = bm.mLSTMBackend(bm.mLSTMBackendConfig(chunkwise_kernel=kernel, chunk_size=16, eps=EPS))
-    h, (c, n, m) = _call(backend, **x)
+    h, (c, n, m) = jax.jit(lambda x: _call(backend, **x))(x)
     h_ref, (c_ref, n_ref, m_ref) = mlstm_recurrent_reference(**x, eps=EPS)
     info = utils.shape_info(*x["v"].shape[:3], x["q"].shape[3], x["v"].shape[3], seed=seed)
     for what, got, ref in (("h", h, h_ref), ("c", c, c_ref), ("n", n, n_ref), ("m", m, m_ref)):
@@ -71,11 +71,11 @@ def test_train_modes(kernel):
                       dtype="float64", tol_rel=1e-10)
     padded = bm.mLSTMBackend(bm.mLSTMBackendConfig(chunkwise_kernel=kernel, chunk_size=16, eps=EPS, mode="train_with_padding",
                                                    return_last_states=False))
-    h_pad = _call(padded, **{k: v for k, v in x.items() if k not in utils.STATE_KEYS})
+    h_pad = jax.jit(lambda x: _call(padded, **x))({k: v for k, v in x.items() if k not in utils.STATE_KEYS})
     h_plain, _ = mlstm_recurrent_reference(**{k: v for k, v in x.items() if k not in utils.STATE_KEYS}, eps=EPS)
     utils.compare("backend train_with_padding h", h_pad, h_plain, target=kernel, baseline="reference_fp64", shape_info=info,
                   dtype="float64", tol_rel=1e-10)
-    g = jax.grad(lambda q: jnp.sum(_call(backend, q, *[x[k] for k in ("k", "v", "i", "f")])[0]))(x["q"])
+    g = jax.jit(jax.grad(lambda q: jnp.sum(_call(backend, q, *[x[k] for k in ("k", "v", "i", "f")])[0])))(x["q"])
     assert np.isfinite(np.asarray(g)).all()
 
 
@@ -96,10 +96,11 @@ def test_inference_prefill_then_decode(kernel, sequence, step):
     backend = bm.mLSTMBackend(config)
     prefill = 37  # two chunks of 16 and a tail of 5
     h_parts = []
-    h, states = _call(backend, *(x[k][:, :, :prefill] for k in ("q", "k", "v", "i", "f")))
+    run = jax.jit(lambda *a: _call(backend, *a))
+    h, states = run(*(x[k][:, :, :prefill] for k in ("q", "k", "v", "i", "f")))
     h_parts.append(h)
     for t in range(prefill, 45):
-        h, states = _call(backend, *(x[k][:, :, t : t + 1] for k in ("q", "k", "v", "i", "f")), *states)
+        h, states = run(*(x[k][:, :, t : t + 1] for k in ("q", "k", "v", "i", "f")), *states)
         h_parts.append(h)
     assert all(s.dtype == jnp.float32 for s in states)
     h_ref, last_ref = mlstm_recurrent_reference(**x, eps=EPS)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -22,40 +21,13 @@ import mlstm_kernels.jax as mj
 
 from . import utils
 from .conftest import device_params
+from .utils import CASES, Case, KernelCall
 
 EPS = utils.f32(1e-6)
 
 
-@dataclass(frozen=True)
-class Case:
-    id: str
-    B: int
-    NH: int
-    S: int
-    DHQK: int
-    DHHV: int
-    with_initial: bool = False
-    f_bias: float = 0.0
-    i_scale: float = 1.0
-
-    def dims(self, device: str):
-        # CUDA head dims must be multiples of 16; the CPU takes any size.
-        if device == "cpu":
-            return self.B, self.NH, self.S, self.DHQK, self.DHHV
-        up = lambda d: 16 * -(-d // 16)  # noqa: E731
-        return self.B, self.NH, self.S, up(self.DHQK), up(self.DHHV)
-
-
-CASES = [
-    Case("S1", 1, 1, 1, 4, 4, with_initial=True),
-    Case("odd", 2, 3, 7, 5, 9),
-    Case("fbias", 1, 2, 63, 16, 8, with_initial=True, f_bias=3.0),
-    Case("large_i", 3, 1, 100, 8, 12, with_initial=True, i_scale=10.0),
-    Case("long", 1, 1, 989, 4, 6, with_initial=True, f_bias=2.0),
-]
 TRAINING = [("chunkwise--limit_chunk", 16), ("chunkwise--xl_chunk", 32), ("parallel--tiled", 64)]
 PLAIN = {"chunkwise": "chunkwise--native_autograd", "parallel": "parallel--native_stablef_autograd"}
-DTYPES = ["float64", "float32", "bfloat16"]
 
 
 def _seed() -> int:
@@ -79,20 +51,17 @@ def _training_errors(kernel_name, L, case, dtype, device, with_last):
     info = utils.shape_info(B, NH, S, DHQK, DHHV, L=L, case=case.id, seed=seed, device=device)
     ref_call = utils.reference_call("parallel" if form == "parallel" else "recurrent", EPS, with_last)
 
-    def kernel_call(name):
-        fn = mj.get_mlstm_kernel(name)
-        return lambda q, k, v, i, f, c, n, m: fn(
-            q, k, v, i, f, c, n, m, return_last_states=with_last, chunk_size=L, eps=EPS
-        )
-
-    # The plain jax.numpy implementation in the same dtype (float32 for float64) sets the tolerance.
+    # The plain jax.numpy implementation in the same dtype (float32 for float64) sets the tolerance;
+    # its chunk size does not matter for its accuracy, one value keeps its compiled programs shared.
     plain_dtype = "float32" if dtype == "float64" else dtype
     x_plain = utils.cast_inputs(x64, plain_dtype)
-    plain_out, plain_grads = utils.run_with_grads(kernel_call(PLAIN[form]), x_plain, ct, with_last=with_last)
+    plain_call = KernelCall.of("training", PLAIN[form], return_last_states=with_last, chunk_size=16, eps=EPS)
+    plain_out, plain_grads = utils.run_with_grads(plain_call, x_plain, ct, with_last=with_last)
     pref_out, pref_grads = utils.run_with_grads(ref_call, utils.as_float64(x_plain), ct, with_last=with_last)
 
     x = utils.cast_inputs(x64, dtype, utils.device_for(device))
-    out, grads = utils.run_with_grads(kernel_call(kernel_name), x, ct, with_last=with_last)
+    call = KernelCall.of("training", kernel_name, return_last_states=with_last, chunk_size=L, eps=EPS)
+    out, grads = utils.run_with_grads(call, x, ct, with_last=with_last)
     ref_out, ref_grads = utils.run_with_grads(ref_call, utils.as_float64(x), ct, with_last=with_last)
 
     for what, got, ref, plain, plain_ref, is_grad in (
@@ -104,9 +73,17 @@ def _training_errors(kernel_name, L, case, dtype, device, with_last):
                       shape_info=info, dtype=dtype, tol_rel=tol)
 
 
+# Every case in float64 and float32; bfloat16 on the three middle cases (its tolerance is set by
+# output rounding, which the shortest and the longest sequence do not change).
+GRID = [(c, d) for c in CASES for d in ("float64", "float32")] + [(c, "bfloat16") for c in CASES[1:4]]
+
+
+def _grid_id(p):
+    return p.id if isinstance(p, Case) else p
+
+
 @pytest.mark.parametrize("device", device_params())
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("case,dtype", GRID, ids=_grid_id)
 @pytest.mark.parametrize("kernel_name,L", TRAINING, ids=[k for k, _ in TRAINING])
 def test_training_kernel(kernel_name, L, case, dtype, device):
     """Forward, last states and all gradients (losses on h and on the last states)."""
@@ -137,7 +114,10 @@ def test_check_grads(kernel_name, L, with_initial):
         kw = dict(zip(names, arrays))
         return fn(**kw, return_last_states=with_last, chunk_size=L, eps=EPS)
 
-    check_grads(f, [x[n] for n in names], order=1, modes=("rev",), atol=1e-6, rtol=1e-6)
+    # The exponential gates give large third derivatives: the central difference's O(step^2) error
+    # is ~4e-6 relative at check_grads' default step 1e-4 and ~4e-10 at 1e-6 (float64 rounding
+    # of the difference quotient stays below 1e-9 there).
+    check_grads(f, [x[n] for n in names], order=1, modes=("rev",), atol=1e-6, rtol=1e-6, eps=1e-6)
     print(f"Test {kernel_name} check_grads (rev, float64, finite differences) with states={with_initial}: passed")
 
 
@@ -145,8 +125,7 @@ def test_check_grads(kernel_name, L, with_initial):
 
 
 @pytest.mark.parametrize("device", device_params())
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", CASES[:4], ids=lambda c: c.id)
+@pytest.mark.parametrize("case,dtype", [(c, d) for c in CASES[:4] for d in ("float64", "float32")] + [(CASES[3], "bfloat16")], ids=_grid_id)
 @pytest.mark.parametrize("kernel_name", ["native_sequence__fused", "fused_sequence"])
 def test_sequence_kernel(kernel_name, case, dtype, device):
     """h and the last states of the sequence kernels, from given or zero initial states."""

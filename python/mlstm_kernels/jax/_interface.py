@@ -3,7 +3,7 @@
 Training kernels (chunkwise and parallel forms)::
 
     fn(q, k, v, i, f, c_initial=None, n_initial=None, m_initial=None, return_last_states=False,
-       eps=1e-6, chunk_size=64, autocast_kernel_dtype=jnp.bfloat16, **kwargs)
+       eps=1e-6, autocast_kernel_dtype=jnp.bfloat16, chunk_size=64, **kwargs)
     -> h (B, NH, S, DHHV)  |  (h, (c_last (B, NH, DHQK, DHHV), n_last (B, NH, DHQK), m_last (B, NH, 1)))
 
 Sequence kernels: the same plus ``dtype_state=jnp.float32`` (the dtype of the recurrent states).
@@ -134,8 +134,8 @@ def _training_kernel(kernel: str, python_name: str, run: TrainingRun, doc: str, 
         m_initial: jax.Array | None = None,  # (B, NH, 1)
         return_last_states: bool = False,
         eps: float = _spec.DEFAULT_EPS,
-        chunk_size: int = default_chunk_size,
         autocast_kernel_dtype=jnp.bfloat16,
+        chunk_size: int = default_chunk_size,
         **kwargs,
     ):
         if stateless and (c_initial is not None or n_initial is not None or m_initial is not None or return_last_states):
