@@ -280,6 +280,34 @@ bool compare_dm_initial(const std::string& what, const std::vector<double>& out,
   return testing::expect_close(what + " dm_initial (vs. the magnitude of its terms)", err, tol);
 }
 
+// The CPU backend through the ABI in fp64 on the same (rounded) inputs: a second reference, for
+// the outputs the recurrent reference also checks.
+struct CpuReference {
+  ref::Outputs<double> out;
+  ref::Grads<double> grads;
+  bool ok = false;
+};
+
+CpuReference cpu_reference(const Case& c, const ref::Inputs<double>& seen, const std::vector<double>& dh,
+                           const std::vector<double>& dcl, const std::vector<double>& dnl,
+                           const std::vector<double>& dml) {
+  harness::Config cfg;
+  cfg.qkv = cfg.gates = cfg.states = MLSTM_FLOAT64;
+  cfg.padded = false;
+  cfg.chunk_size = c.L;
+  cfg.algorithm = c.algorithm;
+  cfg.want_last = c.last;
+  harness::BwdRun run(seen, cfg, dh, dcl, dnl, dml);
+  CpuReference r;
+  const mlstm_status st = run.run(harness::Form::kChunkwise);
+  CHECK(st == MLSTM_OK, "CPU backend reference: %s", mlstm_last_error());
+  if (st != MLSTM_OK) return r;
+  r.out = run.fwd.outputs();
+  r.grads = run.grads();
+  r.ok = true;
+  return r;
+}
+
 void run_case(const Case& c, uint64_t seed, testing::Worst& worst, bool check_repeat) {
   testing::Rng rng(seed);
   ref::Inputs<double> in = harness::random_inputs(rng, c.B, c.NH, c.S, c.DHQK, c.DHHV, c.initial, c.gates);
@@ -298,10 +326,13 @@ void run_case(const Case& c, uint64_t seed, testing::Worst& worst, bool check_re
   const ref::Outputs<double> ro = ref::recurrent_forward(seen);
   const ref::Grads<double> rg = ref::recurrent_backward(seen, false, dh, dcl, dnl, dml);
 
+  const CpuReference cpu = cpu_reference(c, seen, dh, dcl, dnl, dml);
+
   Run r(c, in);
   if (!r.forward()) return;
   const double to = tol_out(c.dtype), tg = std::max(tol_grad(c.dtype), tol_grad(c.gate_dtype));
   compare("h", what, r.h->get(), ro.h, to, worst);
+  if (cpu.ok) compare("h (vs. CPU backend fp64)", what, r.h->get(), cpu.out.h, to, worst);
   if (c.last) {
     compare("c_last", what, r.cl->get(), ro.c, to, worst);
     compare("n_last", what, r.nl->get(), ro.n, to, worst);
@@ -318,6 +349,12 @@ void run_case(const Case& c, uint64_t seed, testing::Worst& worst, bool check_re
   compare("dv", what, dv, rg.dv, tg, worst);
   compare("di", what, di, rg.di, tg, worst);
   compare_df(what, df, rg.df, seen, rg, tg, worst);
+  if (cpu.ok) {
+    compare("dq (vs. CPU backend fp64)", what, dq, cpu.grads.dq, tg, worst);
+    compare("dk (vs. CPU backend fp64)", what, dk, cpu.grads.dk, tg, worst);
+    compare("dv (vs. CPU backend fp64)", what, dv, cpu.grads.dv, tg, worst);
+    compare("di (vs. CPU backend fp64)", what, di, cpu.grads.di, tg, worst);
+  }
   if (c.initial) {
     compare("dc_initial", what, r.dc0->get(), rg.dc0, tg, worst);
     compare("dn_initial", what, r.dn0->get(), rg.dn0, tg, worst);
