@@ -239,23 +239,23 @@ def _backward_fn(cfg: Config):
 
     @fn.def_vmap
     def _batched(axis_size, in_batched, q, k, v, i, f, states, h, saved, dh, dlast):
-        primals, primals_batched = (q, k, v, i, f, states, h), tuple(in_batched[:5]) + (in_batched[5], in_batched[6])
+        primals, primals_batched = (q, k, v, i, f, states, h), tuple(in_batched[:7])
         saved_batched, cts_batched = in_batched[7], (in_batched[8], in_batched[9])
         if saved_batched:
             raise NotImplementedError("mlstm_kernels: a batched saved buffer cannot be folded into B")
-        unbatched_out = lambda out: jax.tree.map(lambda _: True, out)  # noqa: E731
+        all_batched = lambda out: jax.tree.map(lambda _: True, out)  # noqa: E731
         if _any_batched(primals_batched):
             # The forward was folded the same way, so `saved` belongs to the folded batch.
             q, k, v, i, f, states, h = _tree_fold(primals, primals_batched, axis_size)
             dh, dlast = _tree_fold((dh, dlast), cts_batched, axis_size)
             out = fn(q, k, v, i, f, states, h, saved, dh, dlast)
-            return _tree_unfold(out, axis_size), unbatched_out(out)
+            return _tree_unfold(out, axis_size), all_batched(out)
         # Only the cotangents vary (e.g. jacrev): one backward per cotangent with the same saved buffer.
         cts = jax.tree.map(
             lambda x, b: x if b else jnp.broadcast_to(x, (axis_size,) + x.shape), (dh, dlast), cts_batched
         )
         out = jax.lax.map(lambda ct: fn(q, k, v, i, f, states, h, saved, *ct), cts)
-        return out, unbatched_out(out)
+        return out, all_batched(out)
 
     return fn
 
