@@ -120,7 +120,9 @@ void check_forward(Form form, const ref::Inputs<double>& raw, Config cfg, const 
   const double err_c = rel_error(rescaled(got.c, got.m, want.m, DK * DV), want.c);
   const double err_n = rel_error(rescaled(got.n, got.m, want.m, DK), want.n);
   const double err_m = rel_error(got.m, want.m);
-  g_worst.add(format("%s c/n_last (%s)", harness::form_name(form), testing::dtype_name(cfg.qkv)), std::max(err_c, err_n));
+  g_worst.add(format("%s c/n_last (%s, %s states)", harness::form_name(form), testing::dtype_name(cfg.qkv),
+                     testing::dtype_name(cfg.states)),
+              std::max(err_c, err_n));
   expect_close(what + ": c_last", err_c, tolerance(cfg.qkv, cfg.states, plain_c));
   expect_close(what + ": n_last", err_n, tolerance(cfg.qkv, cfg.states, plain_n));
   // m_last is a max of sums of at most S logsigmoid terms: a few rounding units of the accumulation

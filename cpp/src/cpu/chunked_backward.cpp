@@ -10,6 +10,7 @@
 // Per chunk k, with cn_k = (C, n)_k the state it starts from, dcn_{k+1} the gradient arriving at the
 // state after it, and (gamma, w_j) the state weights of its last row (chunk.h, advance_state):
 //   P_{t,s}   = (dh'_t, sigma_t) . (v_s, 1) dbar_{t,s}                  (gradient of q_hat_t . k_s)
+//   (q_hat = q / sqrt(DHQK); the scale is applied in double where q enters)
 //   dq_hat_t  = sum_{s<=t} P_{t,s} k_s + beta_t cn_k (dh'_t, sigma_t)
 //   dk_s      = sum_{t>=s} P_{t,s} q_hat_t + w_s dcn_{k+1} (v_s, 1)
 //   dv_s      = sum_{t>=s} (q_hat_t . k_s) dbar_{t,s} dh'_t + w_s dC_{k+1}^T k_s
@@ -44,16 +45,19 @@ struct BwdScratch {
   RowSweep<T> sweep;
   State<T> work;                // the state being advanced through the chunks
   std::vector<T> ckpt_cn;       // (n_segments, DHQK * DV) the state at the start of every segment
-  std::vector<T> ckpt_m;        // (n_segments)
+  std::vector<double> ckpt_m;   // (n_segments)
   std::vector<T> seg_cn;        // (G, DHQK * DV) the state at the start of every chunk of a segment
-  std::vector<T> seg_m;         // (G)
+  std::vector<double> seg_m;    // (G)
   std::vector<T> cnT;           // (DV, DHQK) the chunk's starting state, transposed
   std::vector<T> dcn;           // (DHQK, DV) gradient at the state after the current chunk
   std::vector<T> dcnT;          // (DV, DHQK)
   std::vector<T> dcn_local;     // (DHQK, DV) this chunk's outputs' share of the gradient at its start
   std::vector<T> vT;            // (DV, L)
-  std::vector<T> dbar, ctil, p; // (L) one row: weights, scores times weights, score gradients
-  std::vector<T> out, dhp;      // (DV) (num_t, den_t) and (dh'_t, sigma_t)
+  std::vector<double> dbar;     // (L) one row's weights
+  std::vector<T> p;             // (L) one row's score gradients
+  std::vector<double> ctil;     // (L) scores times weights
+  std::vector<double> out;      // (DV) (num_t, den_t)
+  std::vector<T> dh, dhp;       // (DV) dh_t and (dh'_t, sigma_t)
   std::vector<T> dqh;           // (DHQK)
   std::vector<T> dk, dv;        // (L, DHQK), (L, DHHV)
   std::vector<double> qdq, dm;  // (L) q_t . dq_t and the stabiliser gradient -eps (dh_t . h_t) / d_t
@@ -75,7 +79,7 @@ struct BwdScratch {
     dcn_local.resize(DHQK * DV);
     vT.resize(DV * L);
     dbar.resize(L), ctil.resize(L), p.resize(L);
-    out.resize(DV), dhp.resize(DV);
+    out.resize(DV), dh.resize(DV), dhp.resize(DV);
     dqh.resize(DHQK);
     dk.resize(L * DHQK), dv.resize(L * DHHV);
     qdq.resize(L), dm.resize(L), i_branch.resize(L);
@@ -90,7 +94,7 @@ class HeadBackward {
  public:
   HeadBackward(const BwdParams& p, int64_t L, int64_t G, int64_t b, int64_t h, BwdScratch<T>& w)
       : p_(p), L_(L), G_(G), b_(b), h_(h), w_(w), DHQK_(p.DHQK), DHHV_(p.DHHV), DV_(p.DHHV + 1),
-        eps_(static_cast<T>(p.eps)), scale_(T(1) / std::sqrt(static_cast<T>(p.DHQK))) {}
+        eps_(static_cast<double>(p.eps)) {}
 
   void run() {
     const int64_t S = p_.S, NC = (S + L_ - 1) / L_, n_segments = (NC + G_ - 1) / G_;
@@ -105,13 +109,13 @@ class HeadBackward {
 
     // Gradient arriving at the final state.
     std::fill(w_.dcn.begin(), w_.dcn.end(), T(0));
-    T dm_last = T(0);
+    double dm_last = 0.0;
     if (p_.has_dlast) {
       const int64_t oc = head_offset(p_.dc_last, b_, h_);
       for (int64_t d = 0; d < DHQK_; ++d) load_row(p_.dc_last, oc + d * p_.dc_last.stride[2], DHHV_, &w_.dcn[d * DV_]);
       load_row(p_.dn_last, head_offset(p_.dn_last, b_, h_), DHQK_, w_.row.data());
       for (int64_t d = 0; d < DHQK_; ++d) w_.dcn[d * DV_ + DHHV_] = w_.row[d];
-      dm_last = load_element<T>(p_.dm_last.data, p_.dm_last.dtype, head_offset(p_.dm_last, b_, h_));
+      dm_last = load_element<double>(p_.dm_last.data, p_.dm_last.dtype, head_offset(p_.dm_last, b_, h_));
     }
     has_dcn_ = p_.has_dlast;
 
@@ -127,7 +131,7 @@ class HeadBackward {
       }
       if (last_segment) {
         const double last_dot = p_.has_dlast ? dot_wide(state_size, w_.dcn.data(), w_.work.cn.data()) : 0.0;
-        scan_.begin(last_dot, static_cast<double>(dm_last));
+        scan_.begin(last_dot, dm_last);
       }
       for (int64_t kc = k_end - 1; kc >= k_begin; --kc)
         chunk_backward(kc, &w_.seg_cn[(kc - k_begin) * state_size], w_.seg_m[kc - k_begin]);
@@ -139,12 +143,12 @@ class HeadBackward {
     for (int64_t d = 0; d < DHQK_; ++d) store_row(p_.dc_initial, oc + d * p_.dc_initial.stride[2], DHHV_, &w_.dcn[d * DV_]);
     for (int64_t d = 0; d < DHQK_; ++d) w_.row[d] = w_.dcn[d * DV_ + DHHV_];
     store_row(p_.dn_initial, head_offset(p_.dn_initial, b_, h_), DHQK_, w_.row.data());
-    const T dm0 = static_cast<T>(scan_.dm_initial(dot_wide(state_size, w_.dcn.data(), w_.ckpt_cn.data())));
+    const double dm0 = scan_.dm_initial(dot_wide(state_size, w_.dcn.data(), w_.ckpt_cn.data()));
     store_row(p_.dm_initial, head_offset(p_.dm_initial, b_, h_), 1, &dm0);
   }
 
  private:
-  void save(const State<T>& s, T* cn, T* m) {
+  void save(const State<T>& s, T* cn, double* m) {
     std::copy(s.cn.begin(), s.cn.end(), cn);
     *m = s.m;
   }
@@ -157,7 +161,7 @@ class HeadBackward {
 
   // Gradients of chunk kc, given the state it started from; turns w_.dcn into the gradient at that
   // state.
-  void chunk_backward(int64_t kc, const T* cn, T m_k) {
+  void chunk_backward(int64_t kc, const T* cn, double m_k) {
     const int64_t t0 = kc * L_, len = std::min(L_, p_.S - t0);
     const int64_t DHQK = DHQK_, DHHV = DHHV_, DV = DV_;
     Chunk<T>& c = w_.chunk;
@@ -175,50 +179,59 @@ class HeadBackward {
 
     w_.sweep.start(c, m_k);
     for (int64_t t = 0; t < len; ++t) {
-      const T denom = next_row_outputs(c, w_.sweep, cn, eps_, w_.dbar.data(), w_.ctil.data(), w_.out.data());
-      const T* dbar = w_.dbar.data();
-      const T* ctil = w_.ctil.data();
-      const T* qt = &c.q[t * DHQK];
-      load_row(p_.dh, odh + (t0 + t) * p_.dh.stride[2], DHHV, dhp);
-      for (int64_t e = 0; e < DHHV; ++e) dhp[e] /= denom;
-      // rho = (dh_t . h_t) / d_t = (dh'_t . num_t) / d_t.
-      const T rho = dot(DHHV, dhp, w_.out.data()) / denom;
-      const T den = w_.out[DHHV];
+      const double denom = next_row_outputs(c, w_.sweep, cn, eps_, w_.dbar.data(), w_.ctil.data(), w_.out.data());
+      const double* dbar = w_.dbar.data();
+      const double* ctil = w_.ctil.data();
+      const double* out = w_.out.data();
+      const T* qt = &c.q[t * DHQK];  // q_hat_t = scale q_t
+      load_row(p_.dh, odh + (t0 + t) * p_.dh.stride[2], DHHV, w_.dh.data());
+      // rho = (dh_t . h_t) / d_t = (dh_t . num_t) / d_t^2, and dh'_t = dh_t / d_t.
+      double dh_num = 0.0;
+      for (int64_t e = 0; e < DHHV; ++e) {
+        dh_num += static_cast<double>(w_.dh[e]) * out[e];
+        dhp[e] = static_cast<T>(static_cast<double>(w_.dh[e]) / denom);
+      }
+      const double rho = dh_num / (denom * denom);
+      const double den = out[DHHV];
       const bool den_branch = std::fabs(den) >= std::exp(-w_.sweep.m());
-      dhp[DHHV] = den_branch ? (den > T(0) ? -rho : rho) : T(0);
-      w_.dm[t] = -static_cast<double>(eps_) * static_cast<double>(rho);
+      dhp[DHHV] = den_branch ? static_cast<T>(den > 0.0 ? -rho : rho) : T(0);
+      w_.dm[t] = -eps_ * rho;
       w_.i_branch[t] = w_.sweep.m() == c.ig[t];
 
       std::fill(pr, pr + t + 1, T(0));
       for (int64_t e = 0; e < DV; ++e) axpy(t + 1, dhp[e], &w_.vT[e * len], pr);
-      for (int64_t s = 0; s <= t; ++s) pr[s] *= dbar[s];
+      for (int64_t s = 0; s <= t; ++s) pr[s] = static_cast<T>(static_cast<double>(pr[s]) * dbar[s]);
 
       std::fill(dqh, dqh + DHQK, T(0));
       for (int64_t s = 0; s <= t; ++s) axpy(DHQK, pr[s], &c.k[s * DHQK], dqh);
-      const T beta = w_.sweep.beta();
-      if (beta != T(0))
-        for (int64_t e = 0; e < DV; ++e) axpy(DHQK, beta * dhp[e], &w_.cnT[e * DHQK], dqh);
-      w_.qdq[t] = dot_wide(DHQK, qt, dqh);
-      for (int64_t d = 0; d < DHQK; ++d) w_.row[d] = scale_ * dqh[d];
+      const double beta = w_.sweep.beta();
+      if (beta != 0.0)
+        for (int64_t e = 0; e < DV; ++e) axpy(DHQK, static_cast<T>(beta * static_cast<double>(dhp[e])), &w_.cnT[e * DHQK], dqh);
+      // dq = scale dq_hat; q . dq = scale (q . dq_hat).
+      w_.qdq[t] = c.scale * dot_wide(DHQK, qt, dqh);
+      for (int64_t d = 0; d < DHQK; ++d) w_.row[d] = static_cast<T>(c.scale * static_cast<double>(dqh[d]));
       store_row(p_.dq, odq + (t0 + t) * p_.dq.stride[2], DHQK, w_.row.data());
 
       for (int64_t s = 0; s <= t; ++s) {
-        axpy(DHQK, pr[s], qt, &w_.dk[s * DHQK]);
-        axpy(DHHV, ctil[s], dhp, &w_.dv[s * DHHV]);
+        axpy(DHQK, static_cast<T>(c.scale * static_cast<double>(pr[s])), qt, &w_.dk[s * DHQK]);
+        axpy(DHHV, static_cast<T>(ctil[s]), dhp, &w_.dv[s * DHHV]);
       }
-      if (beta != T(0))
-        for (int64_t d = 0; d < DHQK; ++d) axpy(DV, beta * qt[d], dhp, &w_.dcn_local[d * DV]);
+      if (beta != 0.0)
+        for (int64_t d = 0; d < DHQK; ++d)
+          axpy(DV, static_cast<T>(c.scale * beta * static_cast<double>(qt[d])), dhp, &w_.dcn_local[d * DV]);
     }
 
     // The state after this chunk was formed with the last row's weights: w_j = dbar[j], gamma = beta.
-    const T gamma = w_.sweep.beta();
-    const T* wlast = w_.dbar.data();
+    const T gamma = static_cast<T>(w_.sweep.beta());
+    const double* wlast = w_.dbar.data();
     if (has_dcn_) {
       for (int64_t j = 0; j < len; ++j) {
         const T* vj = &c.v[j * DV];
         const T* kj = &c.k[j * DHQK];
-        for (int64_t e = 0; e < DV; ++e) axpy(DHQK, wlast[j] * vj[e], &w_.dcnT[e * DHQK], &w_.dk[j * DHQK]);
-        for (int64_t d = 0; d < DHQK; ++d) axpy(DHHV, wlast[j] * kj[d], &w_.dcn[d * DV], &w_.dv[j * DHHV]);
+        for (int64_t e = 0; e < DV; ++e)
+          axpy(DHQK, static_cast<T>(wlast[j] * static_cast<double>(vj[e])), &w_.dcnT[e * DHQK], &w_.dk[j * DHQK]);
+        for (int64_t d = 0; d < DHQK; ++d)
+          axpy(DHHV, static_cast<T>(wlast[j] * static_cast<double>(kj[d])), &w_.dcn[d * DV], &w_.dv[j * DHHV]);
       }
     }
     const int64_t odk = head_offset(p_.dk, b_, h_), odv = head_offset(p_.dv, b_, h_);
@@ -232,7 +245,7 @@ class HeadBackward {
       double di = 0.0, dft = 0.0;
       scan_.step(w_.qdq[t], kdk, w_.dm[t], w_.i_branch[t] != 0, &di, &dft);
       w_.di[t] = static_cast<T>(di);
-      w_.df[t] = static_cast<T>(dft) * sigmoid_neg(c.f_raw[t]);
+      w_.df[t] = static_cast<T>(dft * sigmoid_neg(c.fr[t]));
     }
     store_row(p_.di, head_offset(p_.di, b_, h_) + t0, len, w_.di.data());
     store_row(p_.df, head_offset(p_.df, b_, h_) + t0, len, w_.df.data());
@@ -249,7 +262,7 @@ class HeadBackward {
   const int64_t L_, G_, b_, h_;
   BwdScratch<T>& w_;
   const int64_t DHQK_, DHHV_, DV_;
-  const T eps_, scale_;
+  const double eps_;
   bool has_dcn_ = false;  // false while the gradient at the state after the current chunk is zero
   GateScan scan_;
 };

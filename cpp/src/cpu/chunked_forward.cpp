@@ -31,9 +31,9 @@ struct FwdScratch {
   Chunk<T> chunk;
   RowSweep<T> sweep;
   State<T> state;
-  std::vector<T> dbar;   // (L) intra weights of one row
-  std::vector<T> ctil;   // (L) (q_hat_t . k_s) dbar_{t,s}
-  std::vector<T> out;    // (DV) num_t and den_t
+  std::vector<double> dbar;  // (L) intra weights of one row
+  std::vector<double> ctil;  // (L) (q_hat_t . k_s) dbar_{t,s}
+  std::vector<double> out;   // (DV) num_t and den_t
   std::vector<T> row;    // (max(DHQK, DHHV)) conversion scratch
 
   void init(int64_t DHQK, int64_t DHHV, int64_t L) {
@@ -50,7 +50,7 @@ struct FwdScratch {
 template <typename T>
 void forward_head(const FwdParams& p, int64_t L, int64_t b, int64_t hd, FwdScratch<T>& w) {
   const int64_t S = p.S, DHQK = p.DHQK, DHHV = p.DHHV;
-  const T eps = static_cast<T>(p.eps);
+  const double eps = static_cast<double>(p.eps);
   load_initial_state(p.has_initial, p.m_starts_at_neg_inf, p.c_initial, p.n_initial, p.m_initial, b, hd, DHQK,
                      DHHV, w.state);
   const int64_t NC = (S + L - 1) / L;
@@ -60,9 +60,9 @@ void forward_head(const FwdParams& p, int64_t L, int64_t b, int64_t hd, FwdScrat
     w.chunk.load(p.q, p.k, p.v, p.i, p.f, b, hd, t0, len, /*with_q=*/true);
     w.sweep.start(w.chunk, w.state.m);
     for (int64_t t = 0; t < len; ++t) {
-      const T denom = next_row_outputs(w.chunk, w.sweep, w.state.cn.data(), eps, w.dbar.data(), w.ctil.data(),
-                                       w.out.data());
-      for (int64_t e = 0; e < DHHV; ++e) w.row[e] = w.out[e] / denom;
+      const double denom = next_row_outputs(w.chunk, w.sweep, w.state.cn.data(), eps, w.dbar.data(), w.ctil.data(),
+                                            w.out.data());
+      for (int64_t e = 0; e < DHHV; ++e) w.row[e] = static_cast<T>(w.out[e] / denom);
       store_row(p.h, oh + (t0 + t) * p.h.stride[2], DHHV, w.row.data());
     }
     if (kc + 1 < NC || p.has_last) advance_state(w.chunk, w.sweep, w.state, w.dbar.data());

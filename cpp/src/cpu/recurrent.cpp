@@ -23,10 +23,10 @@ template <typename T>
 struct RecurrentScratch {
   bool ready = false;
   State<T> state;      // cn (DHQK, DV): C with n as its last column
-  std::vector<T> q;    // (DHQK) q_hat_t
+  std::vector<T> q;    // (DHQK) q_t
   std::vector<T> k;    // (DHQK)
   std::vector<T> v;    // (DV) v_t with a trailing 1
-  std::vector<T> out;  // (DV) num_t and den_t
+  std::vector<double> out;  // (DV) num_t and den_t, accumulated in double (common.h)
   std::vector<T> row;  // (max(DHQK, DHHV))
 
   void init(int64_t DHQK, int64_t DHHV) {
@@ -42,8 +42,8 @@ struct RecurrentScratch {
 template <typename T>
 void recurrent_head(const FwdParams& p, int64_t b, int64_t hd, RecurrentScratch<T>& w) {
   const int64_t S = p.S, DHQK = p.DHQK, DHHV = p.DHHV, DV = DHHV + 1;
-  const T eps = static_cast<T>(p.eps);
-  const T scale = T(1) / std::sqrt(static_cast<T>(DHQK));
+  const double eps = static_cast<double>(p.eps);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(DHQK));
   load_initial_state(p.has_initial, /*m_starts_at_neg_inf=*/false, p.c_initial, p.n_initial, p.m_initial, b, hd,
                      DHQK, DHHV, w.state);
   T* cn = w.state.cn.data();
@@ -52,28 +52,29 @@ void recurrent_head(const FwdParams& p, int64_t b, int64_t hd, RecurrentScratch<
   w.v[DHHV] = T(1);
   for (int64_t t = 0; t < S; ++t) {
     load_row(p.q, oq + t * p.q.stride[2], DHQK, w.q.data());
-    for (int64_t d = 0; d < DHQK; ++d) w.q[d] *= scale;
     load_row(p.k, ok + t * p.k.stride[2], DHQK, w.k.data());
     load_row(p.v, ov + t * p.v.stride[2], DHHV, w.v.data());
-    const T ig = load_element<T>(p.i.data, p.i.dtype, oi + t);
-    const T fl = logsigmoid(load_element<T>(p.f.data, p.f.dtype, of + t));
-    const T m_new = std::max(fl + w.state.m, ig);
-    const T fgate = std::exp(fl + w.state.m - m_new), igate = std::exp(ig - m_new);
-    // One pass over the state: update row d of (C, n), then add its share q_hat[d] * row to (num, den).
-    std::fill(w.out.begin(), w.out.end(), T(0));
-    T* out = w.out.data();
+    // The gates in double (see chunk.h, RowSweep), rounded once to T.
+    const double ig = load_element<double>(p.i.data, p.i.dtype, oi + t);
+    const double fl = logsigmoid(load_element<double>(p.f.data, p.f.dtype, of + t));
+    const double m_new = std::max(fl + w.state.m, ig);
+    const T fgate = static_cast<T>(std::exp(fl + w.state.m - m_new)), igate = static_cast<T>(std::exp(ig - m_new));
+    // One pass over the state: update row d of (C, n), then add its share q[d] * row to (num, den).
+    std::fill(w.out.begin(), w.out.end(), 0.0);
+    double* __restrict out = w.out.data();
     const T* vt = w.v.data();
     for (int64_t d = 0; d < DHQK; ++d) {
       T* __restrict row = cn + d * DV;
-      const T a = igate * w.k[d], qd = w.q[d];
+      const T a = igate * w.k[d];
+      const double qd = static_cast<double>(w.q[d]);
       for (int64_t e = 0; e < DV; ++e) {
         row[e] = fgate * row[e] + a * vt[e];
-        out[e] += qd * row[e];
+        out[e] += qd * static_cast<double>(row[e]);
       }
     }
     w.state.m = m_new;
-    const T denom = std::max(std::fabs(out[DHHV]), std::exp(-m_new)) + eps;
-    for (int64_t e = 0; e < DHHV; ++e) w.row[e] = out[e] / denom;
+    const double denom = std::max(scale * std::fabs(out[DHHV]), std::exp(-m_new)) + eps;
+    for (int64_t e = 0; e < DHHV; ++e) w.row[e] = static_cast<T>(scale * out[e] / denom);
     store_row(p.h, oh + t * p.h.stride[2], DHHV, w.row.data());
   }
   if (p.has_last) store_state(w.state, p.c_last, p.n_last, p.m_last, b, hd, DHQK, DHHV, w.row.data());
