@@ -410,6 +410,27 @@ void test_checkpointed_states() {
                  rel_error(*n.got, *n.want), kTolFp64);
 }
 
+// xl_chunk sizes on several large chunks with a partial last one agree with small chunks.
+void test_large_chunks() {
+  testing::Rng rng(16);
+  const ref::Inputs<double> in = harness::random_inputs(rng, 1, 2, 1100, 8, 12, true, GateStyle{0.0, 2.0, 2.0, 1.0}, 0.1);
+  const Cotangents ct = random_cotangents(rng, in, true);
+  Config cfg;
+  cfg.want_last = true;
+  ref::Grads<double> small;
+  if (!run_backward(Form::kChunkwise, in, cfg, ct, &small)) return;
+  for (int32_t L : {512, 4096}) {
+    cfg.algorithm = MLSTM_CHUNKWISE_XL, cfg.chunk_size = L;
+    ref::Grads<double> large;
+    if (!run_backward(Form::kChunkwise, in, cfg, ct, &large)) continue;
+    for (const Named& n : pairs(large, small, true))
+      expect_close(format("chunkwise--xl_chunk L=%d vs limit_chunk L=16 S=1100 B=1 NH=2 DHQK=8 DHHV=12 fp64 init=1 "
+                          "dlast=1: %s",
+                          L, n.name),
+                   rel_error(*n.got, *n.want), kTolFp64);
+  }
+}
+
 // ---- 5. timing of the CI shape -------------------------------------------------------------------------
 
 void test_ci_shape_timing() {
@@ -440,6 +461,7 @@ int main() {
   test_against_reference();
   test_low_precision();
   test_checkpointed_states();
+  test_large_chunks();
   test_ci_shape_timing();
   std::printf("summary (worst over all cases):\n");
   g_worst.print();

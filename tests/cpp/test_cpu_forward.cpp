@@ -361,6 +361,29 @@ void test_contiguous_many_heads() {
   }
 }
 
+// xl_chunk sizes on a sequence of several large chunks with a partial last one: equal to the sequence
+// kernel (the recurrence itself) to fp64 rounding.
+void test_large_chunks() {
+  testing::Rng rng(7);
+  const ref::Inputs<double> in = harness::random_inputs(rng, 1, 2, 1100, 8, 12, true, GateStyle{0.0, 2.0, 2.0, 1.0});
+  Config cfg;
+  cfg.want_last = true;
+  harness::FwdRun seq(in, cfg);
+  CHECK(seq.run(Form::kSequence) == MLSTM_OK, "%s", mlstm_last_error());
+  const ref::Outputs<double> want = seq.outputs();
+  for (int32_t L : {512, 1024, 4096}) {
+    cfg.algorithm = MLSTM_CHUNKWISE_XL, cfg.chunk_size = L;
+    harness::FwdRun run(in, cfg);
+    CHECK(run.run(Form::kChunkwise) == MLSTM_OK, "%s", mlstm_last_error());
+    const ref::Outputs<double> got = run.outputs();
+    const std::string what = format("chunkwise--xl_chunk L=%d vs sequence S=1100 B=1 NH=2 DHQK=8 DHHV=12 init=1 fp64", L);
+    expect_close(what + ": h", rel_error(got.h, want.h), kTolFp64);
+    expect_close(what + ": c_last", rel_error(got.c, want.c), kTolFp64);
+    expect_close(what + ": n_last", rel_error(got.n, want.n), kTolFp64);
+    expect_close(what + ": m_last", rel_error(got.m, want.m), kTolFp64);
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -370,6 +393,7 @@ int main() {
   test_state_passing();
   test_sequence_and_step();
   test_contiguous_many_heads();
+  test_large_chunks();
   std::printf("summary (worst over all cases):\n");
   g_worst.print();
   return testing::finish("test_cpu_forward");
