@@ -700,14 +700,16 @@ int main(int argc, char** argv) {
   }
   if (argc > 1 && std::strcmp(argv[1], "--bench") == 0) return bench();
   const bool small = std::getenv("MLSTM_TEST_SMALL") != nullptr;
-  // MLSTM_TEST_CASE=<index> runs one case of the list, MLSTM_TEST_CASE=state the state passing only.
+  // MLSTM_TEST_CASE=<index> runs one case of the list, MLSTM_TEST_CASE=state the state passing only;
+  // MLSTM_TEST_SEED=<n> replaces the case's seed (1000 + index).
   const char* only = std::getenv("MLSTM_TEST_CASE");
+  const char* seed = std::getenv("MLSTM_TEST_SEED");
   const bool state_only = only != nullptr && std::strcmp(only, "state") == 0;
   testing::Worst worst;
   const std::vector<Case> cases = small ? small_cases() : all_cases();
   for (size_t j = 0; j < cases.size(); ++j) {
     if (only != nullptr && (state_only || std::atoi(only) != int(j))) continue;
-    run_case(cases[j], 1000 + j, worst, j % 4 == 0);
+    run_case(cases[j], seed != nullptr ? std::strtoull(seed, nullptr, 10) : 1000 + j, worst, j % 4 == 0);
   }
   if (!small && (only == nullptr || state_only)) {
     Case sp{2, 2, 333, 32, 48, MLSTM_FLOAT32};

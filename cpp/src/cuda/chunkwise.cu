@@ -176,7 +176,7 @@ struct FwdLayout {
   SegmentLayout delta;
   FwdLayout(const Plan& plan, int64_t S, int64_t DHQK, int64_t DHHV, size_t esz) {
     Carve c;
-    tok_stride = align_up(size_t(plan.BNH * S) * sizeof(float));
+    tok_stride = align_up(size_t(plan.BNH * S) * sizeof(double));
     tok = c.take(4 * tok_stride);
     M = c.take(size_t(plan.BNH * plan.NC) * kT * kT * esz);
     if (plan.n_seg > 1) {
@@ -192,7 +192,7 @@ struct BwdLayout {
   SegmentLayout delta, start;
   BwdLayout(const Plan& plan, int64_t S, int64_t DHQK, int64_t DHHV, size_t esz) {
     Carve c;
-    tok_stride = align_up(size_t(plan.BNH * S) * sizeof(float));
+    tok_stride = align_up(size_t(plan.BNH * S) * sizeof(double));
     tok = c.take(5 * tok_stride);
     const size_t m_bytes = size_t(plan.BNH * plan.NC) * kT * kT * esz;
     M1 = c.take(m_bytes);
@@ -252,11 +252,14 @@ StateView state_view(const TensorView& t) {
   return v;
 }
 
+// The per-token arrays: b, u, c in fp64, then d (and e) in fp32, `stride` bytes apart (sized for fp64).
 TokenArrays tokens(unsigned char* base, size_t stride, int n) {
   TokenArrays a;
-  float* arr[5] = {nullptr, nullptr, nullptr, nullptr, nullptr};
-  for (int j = 0; j < n; ++j) arr[j] = reinterpret_cast<float*>(base + j * stride);
-  a.b = arr[0], a.u = arr[1], a.c = arr[2], a.d = arr[3], a.e = arr[4];
+  a.b = reinterpret_cast<double*>(base);
+  a.u = reinterpret_cast<double*>(base + stride);
+  a.c = reinterpret_cast<double*>(base + 2 * stride);
+  a.d = reinterpret_cast<float*>(base + 3 * stride);
+  if (n > 4) a.e = reinterpret_cast<float*>(base + 4 * stride);
   return a;
 }
 

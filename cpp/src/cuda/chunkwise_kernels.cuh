@@ -24,8 +24,19 @@ namespace mlstm::cuda::chunkwise {
 // Shared memory of the score kernels: 2 stages x 3 tiles, then float scratch.
 template <typename Elem>
 constexpr size_t score_smem_bytes() {
-  return size_t(6) * kT * (kTK + kPad<Elem>) * sizeof(Elem) + size_t(8) * kT * sizeof(float) + 64;
+  return size_t(6) * kT * (kTK + kPad<Elem>) * sizeof(Elem) + size_t(6) * kT * sizeof(double) + 64;
 }
+
+// The score kernels' scratch after the tile ring: per-token fp64 b, u, pmax, x; fp32 sums; 2 fp64 temps.
+struct ScoreScratch {
+  double *b, *u, *pm, *x, *tmp;
+  float* f;  // 2 * kT floats
+  template <typename Elem>
+  __device__ static ScoreScratch carve() {
+    double* d = reinterpret_cast<double*>(dynamic_smem() + size_t(6) * kT * (kTK + kPad<Elem>) * sizeof(Elem));
+    return ScoreScratch{d, d + kT, d + 2 * kT, d + 3 * kT, d + 4 * kT, reinterpret_cast<float*>(d + 5 * kT)};
+  }
+};
 
 template <typename Elem>
 __global__ void __launch_bounds__(kThreads) chunkwise_fwd_scores_kernel(const FwdScoreParams p) {
@@ -37,10 +48,11 @@ __global__ void __launch_bounds__(kThreads) chunkwise_fwd_scores_kernel(const Fw
   const int g = lane >> 2, t = lane & 3, rb = warp & 3, ch = warp >> 2;
 
   Elem* ring = reinterpret_cast<Elem*>(dynamic_smem());
-  float* fs = reinterpret_cast<float*>(dynamic_smem() + size_t(6) * kT * (kTK + kPad<Elem>) * sizeof(Elem));
-  float *s_b = fs, *s_u = fs + kT, *s_pm = fs + 2 * kT, *s_rs = fs + 3 * kT, *s_tmp = fs + 5 * kT;
+  const ScoreScratch sc = ScoreScratch::carve<Elem>();
+  double *s_b = sc.b, *s_u = sc.u, *s_pm = sc.pm;
+  float* s_rs = sc.f;
 
-  chunk_gate_scan(p.i, p.f, p.gate_dtype, b, h, t0, Tc, s_b, s_u, s_pm, s_tmp);
+  chunk_gate_scan(p.i, p.f, p.gate_dtype, b, h, t0, Tc, s_b, s_u, s_pm, sc.tmp);
   if (tid < Tc) {
     const int64_t o = bh * p.S + t0 + tid;
     p.tok.b[o] = s_b[tid];
@@ -66,7 +78,7 @@ __global__ void __launch_bounds__(kThreads) chunkwise_fwd_scores_kernel(const Fw
       for (int e = 0; e < 2; ++e) {
         const int s = col + e;
         const bool valid = s <= row && row < Tc;
-        v[e] = valid ? p.qk_scale * acc[nt][2 * e2 + e] * fast_exp(s_u[s] - s_pm[row]) : 0.f;
+        v[e] = valid ? p.qk_scale * acc[nt][2 * e2 + e] * fast_exp(float(s_u[s] - s_pm[row])) : 0.f;
       }
       row_sum[e2] += v[0] + v[1];
       store2(M + row * kT + col, v[0], v[1]);
@@ -91,10 +103,11 @@ __global__ void __launch_bounds__(kThreads) chunkwise_bwd_scores_kernel(const Bw
   const int g = lane >> 2, t = lane & 3, rb = warp & 3, ch = warp >> 2;
 
   Elem* ring = reinterpret_cast<Elem*>(dynamic_smem());
-  float* fs = reinterpret_cast<float*>(dynamic_smem() + size_t(6) * kT * (kTK + kPad<Elem>) * sizeof(Elem));
-  float *s_b = fs, *s_u = fs + kT, *s_pm = fs + 2 * kT, *s_x = fs + 3 * kT, *s_sig = fs + 4 * kT, *s_tmp = fs + 5 * kT;
+  const ScoreScratch sc = ScoreScratch::carve<Elem>();
+  double *s_b = sc.b, *s_u = sc.u, *s_x = sc.x;
+  float* s_sig = sc.f;
 
-  chunk_gate_scan(p.i, p.f, p.gate_dtype, b, h, t0, Tc, s_b, s_u, s_pm, s_tmp);
+  chunk_gate_scan(p.i, p.f, p.gate_dtype, b, h, t0, Tc, s_b, s_u, sc.pm, sc.tmp);
 
   float acc1[4][4], acc2[4][4];
   zero(acc1);
@@ -106,14 +119,15 @@ __global__ void __launch_bounds__(kThreads) chunkwise_bwd_scores_kernel(const Bw
 
   const int row_of_thread = tid >> 2;
   if ((tid & 3) == 0) {
-    float x = 0.f, sig = 0.f;
+    double x = 0.0;
+    float sig = 0.f;
     if (row_of_thread < Tc) {
       const int64_t o = bh * p.S + t0 + row_of_thread;
       const float m = p.m_saved[o], den = p.den_saved[o];
       const float floor_ = expf(-m);
       const float d = fmaxf(fabsf(den), floor_) + p.eps;
       sig = fabsf(den) >= floor_ ? (den > 0.f ? -zdot : zdot) : 0.f;
-      x = s_b[row_of_thread] - (m + logf(d));
+      x = s_b[row_of_thread] - (double(m) + double(logf(d)));
       p.tok.b[o] = s_b[row_of_thread];
       p.tok.u[o] = s_u[row_of_thread];
       p.tok.c[o] = x;
@@ -139,7 +153,7 @@ __global__ void __launch_bounds__(kThreads) chunkwise_bwd_scores_kernel(const Bw
       for (int e = 0; e < 2; ++e) {
         const int s = col + e;
         const bool valid = s <= row && row < Tc;
-        const float E = valid ? fast_exp(s_u[s] + s_x[row]) : 0.f;
+        const float E = valid ? fast_exp(float(s_u[s] + s_x[row])) : 0.f;
         v1[e] = acc1[nt][2 * e2 + e] * E;
         v2[e] = (acc2[nt][2 * e2 + e] + s_sig[row]) * E;
       }
@@ -209,9 +223,9 @@ __global__ void __launch_bounds__(kThreads, 1) chunkwise_walk_kernel(const WalkP
   walk_load_state(p, from, b, h, db0, dbw, St, ldS, DB_s, L.DA_pad, nvec, srow);
   // m before the walk: the user's m_initial (0 when absent), a segment's start, or -inf for the
   // local state of a segment (kFwd; the backward walks take every m from the saved m_t).
-  float m_k = from.m.data != nullptr ? *from.m.row<float>(b, h, 0) : (p.state_only ? -INFINITY : 0.f);
-  const float m_initial = p.m_in.data != nullptr ? *p.m_in.row<float>(b, h, 0) : 0.f;
-  float g_total = 0.f;
+  double m_k = from.m.data != nullptr ? *from.m.row<float>(b, h, 0) : (p.state_only ? -INFINITY : 0.0);
+  const double m_initial = p.m_in.data != nullptr ? *p.m_in.row<float>(b, h, 0) : 0.0;
+  double g_total = 0.0;
 
   auto chunk_at = [&](int it) { return reverse ? c_begin + n_it - 1 - it : c_begin + it; };
   auto a_tile = [&](int slot) { return ring + (2 * slot) * kT * ldE; };
@@ -246,8 +260,8 @@ __global__ void __launch_bounds__(kThreads, 1) chunkwise_walk_kernel(const WalkP
     const int64_t t0 = int64_t(k) * kT;
     const int Tc = chunk_len(p.S, t0, kT);
     const ChunkTokens tk = next;
-    if (!is_fwd) m_k = k == 0 ? m_initial : tk.m_prev;
-    float m_k1;
+    if (!is_fwd) m_k = k == 0 ? m_initial : double(tk.m_prev);
+    double m_k1;
     const float alpha = walk_chunk_scalars(p, tk, Tc, m_k, &m_k1, scal);
     if (it + 1 < n_it) next = load_chunk_tokens(p, bh, chunk_at(it + 1));
     cp_async_wait<0>();
@@ -409,7 +423,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunkwise_walk_kernel(const WalkP
     end.state_out = p.state_out, end.aug_out = p.aug_out, end.m_out = p.m_last;
     end.state_dot = p.state_dot, end.aug_dot = p.aug_dot, end.end_part = p.end_part;
   }
-  walk_finish(p, end, b, h, bh, slice, db0, dbw, St, ldS, nvec, srow, m_k, g_total, tmp);
+  walk_finish(p, end, b, h, bh, slice, db0, dbw, St, ldS, nvec, srow, float(m_k), float(g_total), tmp);
 }
 
 }  // namespace mlstm::cuda::chunkwise

@@ -41,11 +41,13 @@ struct StateView {
   __host__ __device__ int64_t offset(int64_t b, int64_t h) const { return b * sb + h * sh; }
 };
 
-// Per-token fp32 arrays in the workspace, (B*NH, S) each.
+// Per-token arrays in the workspace, (B*NH, S) each. b, u and c are fp64: with a short memory b
+// reaches hundreds within a chunk, and the exponents (b_t - b_s + i_s - m_t) and m_t = b_t + ... are
+// differences of such numbers, which fp32 would leave with absolute errors of 1e-5.
 struct TokenArrays {
-  float* b = nullptr;      // within-chunk inclusive cumsum of logsigmoid(f)
-  float* u = nullptr;      // i - b
-  float* c = nullptr;      // forward: m_intra (b + running max of u); backward: x = b - m' with m' = m + log d
+  double* b = nullptr;     // within-chunk inclusive cumsum of logsigmoid(f)
+  double* u = nullptr;     // i - b
+  double* c = nullptr;     // forward: m_intra (b + running max of u); backward: x = b - m' with m' = m + log d
   float* d = nullptr;      // forward: row sums of the local-stabilised intra matrix; backward: sigma~
   float* e = nullptr;      // backward: the stabiliser-path term dm_t = -eps (dh.h)/d
 };

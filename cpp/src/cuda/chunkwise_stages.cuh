@@ -21,36 +21,36 @@ namespace mlstm::cuda::chunkwise {
 // and u = -inf (so they carry no weight). Every kernel that needs b calls this same function, so
 // forward and backward see bit-identical values.
 __device__ inline void chunk_gate_scan(const SeqView& i, const SeqView& f, mlstm_dtype dtype, int64_t b, int64_t h,
-                                       int64_t t0, int Tc, float* s_b, float* s_u, float* s_pmax, float* s_tmp) {
+                                       int64_t t0, int Tc, double* s_b, double* s_u, double* s_pmax, double* s_tmp) {
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  float ft = 0.f, it = -INFINITY;
+  double ft = 0.0, it = -INFINITY;
   if (tid < Tc) {
     ft = logsigmoid(load_gate(f.data, dtype, f.offset(b, h, t0 + tid)));
     it = load_gate(i.data, dtype, i.offset(b, h, t0 + tid));
   }
-  float cum = ft;
+  double cum = ft;
   if (warp < 2) {
 #pragma unroll
     for (int d = 1; d < 32; d <<= 1) {
-      const float o = __shfl_up_sync(0xffffffffu, cum, d);
+      const double o = __shfl_up_sync(0xffffffffu, cum, d);
       if (lane >= d) cum += o;
     }
   }
   if (tid == 31) s_tmp[0] = cum;
   __syncthreads();
   if (warp == 1) cum += s_tmp[0];
-  const float u = it - cum;
-  float pm = u;
+  const double u = it - cum;
+  double pm = u;
   if (warp < 2) {
 #pragma unroll
     for (int d = 1; d < 32; d <<= 1) {
-      const float o = __shfl_up_sync(0xffffffffu, pm, d);
-      if (lane >= d) pm = fmaxf(pm, o);
+      const double o = __shfl_up_sync(0xffffffffu, pm, d);
+      if (lane >= d) pm = fmax(pm, o);
     }
   }
   if (tid == 31) s_tmp[1] = pm;
   __syncthreads();
-  if (warp == 1) pm = fmaxf(pm, s_tmp[1]);
+  if (warp == 1) pm = fmax(pm, s_tmp[1]);
   if (tid < kT) {
     s_b[tid] = cum;
     s_u[tid] = u;
@@ -152,11 +152,12 @@ struct WalkSmem {
 
 // Token values of one chunk held in registers until the chunk starts (loaded one chunk ahead).
 struct ChunkTokens {
-  float b = 0.f, u = 0.f, c = 0.f, d = 0.f;  // this thread's token (threads < kT)
-  float g = 0.f;       // b of the chunk's last token
-  float c_last = 0.f;  // forward: m_intra of the last token
-  float m_prev = 0.f;  // backward: saved m before the chunk (the previous chunk's last token)
-  float m_end = 0.f;   // backward: saved m of the chunk's last token
+  double b = 0.0, u = 0.0, c = 0.0;  // this thread's token (threads < kT)
+  float d = 0.f;
+  double g = 0.0;       // b of the chunk's last token
+  double c_last = 0.0;  // forward: m_intra of the last token
+  float m_prev = 0.f;   // backward: saved m before the chunk (the previous chunk's last token)
+  float m_end = 0.f;    // backward: saved m of the chunk's last token
 };
 
 __device__ inline ChunkTokens load_chunk_tokens(const WalkParams& p, int64_t bh, int k) {
@@ -183,28 +184,29 @@ __device__ inline ChunkTokens load_chunk_tokens(const WalkParams& p, int64_t bh,
 
 // The per-token scales of one chunk (threads < kT write the scalar arrays; every thread returns the
 // chunk's decay alpha = exp(g + m_k - m_{k+1})). m_k is the stabiliser before the chunk; m_next
-// receives the one after it.
-__device__ inline float walk_chunk_scalars(const WalkParams& p, const ChunkTokens& tk, int Tc, float m_k,
-                                           float* m_next, float* scal) {
+// receives the one after it. The exponents are formed in fp64 (see TokenArrays), then rounded.
+__device__ inline float walk_chunk_scalars(const WalkParams& p, const ChunkTokens& tk, int Tc, double m_k,
+                                           double* m_next, float* scal) {
   const int tid = threadIdx.x;
   const float s = p.qk_scale;
-  const float mk1 = p.mode == WalkMode::kFwd ? fmaxf(tk.g + m_k, tk.c_last) : tk.m_end;
+  const double mk1 = p.mode == WalkMode::kFwd ? fmax(tk.g + m_k, tk.c_last) : double(tk.m_end);
   *m_next = mk1;
   if (tid < kT) {
     float r_inter = 0.f, r_intra = 0.f, vw = 0.f, aug_in = 0.f, aug_out = 0.f, m_row = 0.f, rs = 0.f;
     if (tid < Tc) {
-      const float w = fast_exp(tk.g + tk.u - mk1);  // exp(a_s - m_{k+1}): weight into the next state
+      const float w = fast_exp(float(tk.g + tk.u - mk1));  // exp(a_s - m_{k+1}): weight into the next state
       switch (p.mode) {
         case WalkMode::kFwd: {
-          m_row = fmaxf(tk.b + m_k, tk.c);  // m_t = max(b_t + m_k, m_intra_t)
-          r_inter = s * fast_exp(tk.b + m_k - m_row);
-          r_intra = fast_exp(tk.c - m_row);
+          const double m_t = fmax(tk.b + m_k, tk.c);  // m_t = max(b_t + m_k, m_intra_t)
+          m_row = float(m_t);
+          r_inter = s * fast_exp(float(tk.b + m_k - m_t));
+          r_intra = fast_exp(float(tk.c - m_t));
           vw = w;
           rs = tk.d;
           break;
         }
         case WalkMode::kDq: {
-          const float beta = fast_exp(tk.c + m_k);  // exp(b_t + m_k - m'_t) = beta_t / d_t
+          const float beta = fast_exp(float(tk.c + m_k));  // exp(b_t + m_k - m'_t) = beta_t / d_t
           r_inter = s * beta;
           r_intra = s;
           vw = w;
@@ -215,13 +217,13 @@ __device__ inline float walk_chunk_scalars(const WalkParams& p, const ChunkToken
         case WalkMode::kDv: {
           r_inter = w;
           r_intra = s;
-          vw = s * fast_exp(tk.c + m_k);
+          vw = s * fast_exp(float(tk.c + m_k));
           break;
         }
         case WalkMode::kDk: {
           r_inter = w;
           r_intra = s;
-          vw = s * fast_exp(tk.c + m_k);
+          vw = s * fast_exp(float(tk.c + m_k));
           aug_in = vw * tk.d;
           aug_out = w;
           break;
@@ -236,7 +238,7 @@ __device__ inline float walk_chunk_scalars(const WalkParams& p, const ChunkToken
     scal[kMRow * kT + tid] = m_row;
     scal[kRowSum * kT + tid] = rs;
   }
-  return fast_exp(tk.g + m_k - mk1);
+  return fast_exp(float(tk.g + m_k - mk1));
 }
 
 // True when the state slice holds the state in its natural (DHQK, DHHV) layout (value dim = DHQK).
