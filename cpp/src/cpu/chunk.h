@@ -139,7 +139,7 @@ class RowSweep {
 
 // Moves the sweep to the next row t and computes that row's products with the state (C_k, n_k) the
 // chunk started from (double accumulation, see common.h):
-//   ctil[s] = (q_hat_t . k_s) dbar_{t,s}  (s <= t), dbar[s] its weights (in T),
+//   ctil[s] = (q_hat_t . k_s) dbar_{t,s}  (s <= t), with dbar[s] the row's weights,
 //   out     = beta_t (C_k, n_k)^T q_hat_t + sum_s ctil[s] (v_s, 1) = (num_t, den_t).
 // Returns the denominator max(|den_t|, exp(-m_t)) + eps.
 template <typename T>

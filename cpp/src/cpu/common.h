@@ -220,13 +220,6 @@ inline double dot_wide(int64_t n, const T* x, const T* y) {
   return s;
 }
 
-template <typename T>
-inline T dot(int64_t n, const T* x, const T* y) {
-  T s = T(0);
-  for (int64_t j = 0; j < n; ++j) s += x[j] * y[j];
-  return s;
-}
-
 // out (cols, rows) = in (rows, cols) transposed; both row-major and contiguous.
 template <typename T>
 void transpose(int64_t rows, int64_t cols, const T* in, T* out) {
