@@ -17,6 +17,7 @@
 //   (the exponentials of the recurrence see the unrounded sums).
 #include <cstdio>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "harness.h"
@@ -384,6 +385,33 @@ void test_large_chunks() {
   }
 }
 
+// Reentrant and deterministic: calls from several threads at once (each also starting its own
+// workers) give bitwise the results of a call made alone.
+void test_concurrent_calls() {
+  testing::Rng rng(8);
+  const ref::Inputs<double> in = harness::random_inputs(rng, 3, 4, 150, 16, 20, true);
+  Config cfg;
+  cfg.qkv = cfg.gates = cfg.states = MLSTM_FLOAT32;
+  cfg.want_last = true;
+  cfg.chunk_size = 32;
+  harness::FwdRun alone(in, cfg);
+  CHECK(alone.run(Form::kChunkwise) == MLSTM_OK, "%s", mlstm_last_error());
+  const ref::Outputs<double> want = alone.outputs();
+  std::vector<harness::FwdRun> runs(6, harness::FwdRun(in, cfg));
+  std::vector<mlstm_status> status(runs.size(), MLSTM_ERROR_INTERNAL);
+  std::vector<std::thread> threads;
+  for (size_t j = 0; j < runs.size(); ++j) threads.emplace_back([&, j] { status[j] = runs[j].run(Form::kChunkwise); });
+  for (auto& t : threads) t.join();
+  int identical = 0;
+  for (size_t j = 0; j < runs.size(); ++j) {
+    const ref::Outputs<double> got = runs[j].outputs();
+    identical += status[j] == MLSTM_OK && got.h == want.h && got.c == want.c && got.n == want.n && got.m == want.m;
+  }
+  std::printf("%s %d of %zu concurrent chunkwise calls bitwise equal to a call alone\n",
+              identical == int(runs.size()) ? "ok  " : "FAIL", identical, runs.size());
+  CHECK(identical == int(runs.size()), "concurrent calls differ");
+}
+
 }  // namespace
 
 int main() {
@@ -394,6 +422,7 @@ int main() {
   test_sequence_and_step();
   test_contiguous_many_heads();
   test_large_chunks();
+  test_concurrent_calls();
   std::printf("summary (worst over all cases):\n");
   g_worst.print();
   return testing::finish("test_cpu_forward");
