@@ -4,6 +4,8 @@
 #
 #   bash scripts/gpu_session.sh [stage ...]     stages: build ctest pytest check sanitize bench
 #   (no stage = all, in that order). Each stage has its own time limit so one hang cannot eat the run.
+# The device gets a copy of the working tree without .git: pass the commit as MLSTM_COMMIT, e.g.
+#   MLSTM_COMMIT=$(git rev-parse --short HEAD) bash scripts/gpu_session.sh   (run from the caller's side)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$(pwd)/gpu_out}
@@ -12,6 +14,7 @@ BUILD_DIR=${MLSTM_BUILD_DIR:-/tmp/mlstm-build}
 ARCHS=${MLSTM_CUDA_ARCHS:-90a-real}
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-16}
 export PYTHONUNBUFFERED=1
+COMMIT=${MLSTM_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(build ctest pytest check sanitize bench)
 summary=()
@@ -31,7 +34,7 @@ run_stage() {  # name, limit (s), command...
 
 {
   echo "date: $(date -u +%FT%TZ)"
-  echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown) $(git status --porcelain 2>/dev/null | head -c 1 | grep -q . && echo '(+ uncommitted changes)')"
+  echo "commit: ${COMMIT}"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   nvcc --version | tail -n 2
   python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
@@ -61,7 +64,13 @@ for stage in "${stages[@]}"; do
         done
       done ;;
     bench)
-      run_stage bench 400 python3 -m benchmarks.run --suite consttoken --config A --out "$OUT" ;;
+      for t in chunkwise parallel; do
+        [ -x "$BUILD_DIR/tests/cpp/test_cuda_$t" ] && run_stage "bench-$t" 240 "$BUILD_DIR/tests/cpp/test_cuda_$t" --bench
+      done
+      for suite in "consttoken --config A" "consttoken --config B" "step --config A"; do
+        # shellcheck disable=SC2086
+        run_stage "bench-${suite// /-}" 400 python3 -m benchmarks.run --suite $suite --out "$OUT" --commit "$COMMIT"
+      done ;;
     *) echo "unknown stage $stage" ;;
   esac
 done
