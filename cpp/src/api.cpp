@@ -2,7 +2,6 @@
 // Every message names the argument and the limit, so the bindings can raise it unchanged.
 #include <cmath>
 #include <cstring>
-#include <string>
 
 #include "common/backend.h"
 #include "common/error.h"
@@ -179,22 +178,40 @@ mlstm_status check_common(Form form, const mlstm_device& device, const mlstm_sha
   return MLSTM_OK;
 }
 
-template <typename Args>
-void fill_common(Form form, const Args& a, int64_t* B, int64_t* NH, int64_t* S, int64_t* DHQK, int64_t* DHHV) {
-  *B = a.shape.B;
-  *NH = a.shape.NH;
-  *S = a.shape.S;
-  *DHQK = a.shape.DHQK;
-  *DHHV = a.shape.DHHV;
-  (void)form;
-}
-
 TensorView view(const mlstm_tensor& t) {
   TensorView v;
   v.data = t.data;
   v.dtype = static_cast<mlstm_dtype>(t.dtype);
   for (int d = 0; d < 4; ++d) v.stride[d] = t.stride[d];
   return v;
+}
+
+// The fields forward and backward share: launch configuration and the forward's inputs.
+template <typename Args, typename Params>
+void fill_shared(Form form, const Args& a, Params* p) {
+  p->form = form;
+  p->device_index = a.device.index;
+  p->stream = a.device.stream;
+  p->B = a.shape.B;
+  p->NH = a.shape.NH;
+  p->S = a.shape.S;
+  p->DHQK = a.shape.DHQK;
+  p->DHHV = a.shape.DHHV;
+  p->L = a.chunk_size;
+  p->algorithm = static_cast<mlstm_chunkwise_algorithm>(a.algorithm);
+  p->eps = a.eps;
+  p->qk_scale = 1.0f / std::sqrt(static_cast<float>(a.shape.DHQK));
+  p->m_starts_at_neg_inf = form == Form::kParallel;
+  p->q = view(a.q);
+  p->k = view(a.k);
+  p->v = view(a.v);
+  p->i = view(a.i);
+  p->f = view(a.f);
+  p->c_initial = view(a.c_initial);
+  p->n_initial = view(a.n_initial);
+  p->m_initial = view(a.m_initial);
+  p->h = view(a.h);
+  p->workspace = a.workspace;
 }
 
 // Validates `a` and fills `p`. `sizes_only`: pointers are not read (buffer-size queries).
@@ -240,31 +257,13 @@ mlstm_status make_fwd_params(Form form, const mlstm_fwd_args* a, bool sizes_only
   if (!sizes_only && form == Form::kStep && !has_last)
     return fail(MLSTM_ERROR_INVALID_ARGUMENT, "step: c_last, n_last and m_last (the new states) are required");
 
-  p->form = form;
-  p->device_index = a->device.index;
-  p->stream = a->device.stream;
-  fill_common(form, *a, &p->B, &p->NH, &p->S, &p->DHQK, &p->DHHV);
-  p->L = a->chunk_size;
-  p->algorithm = static_cast<mlstm_chunkwise_algorithm>(a->algorithm);
-  p->eps = a->eps;
-  p->qk_scale = 1.0f / std::sqrt(static_cast<float>(a->shape.DHQK));
-  p->m_starts_at_neg_inf = form == Form::kParallel;
+  fill_shared(form, *a, p);
   p->has_initial = has_initial;
   p->has_last = has_last;
-  p->q = view(a->q);
-  p->k = view(a->k);
-  p->v = view(a->v);
-  p->i = view(a->i);
-  p->f = view(a->f);
-  p->c_initial = view(a->c_initial);
-  p->n_initial = view(a->n_initial);
-  p->m_initial = view(a->m_initial);
-  p->h = view(a->h);
   p->c_last = view(a->c_last);
   p->n_last = view(a->n_last);
   p->m_last = view(a->m_last);
   p->saved = a->saved;
-  p->workspace = a->workspace;
   return MLSTM_OK;
 }
 
@@ -321,26 +320,9 @@ mlstm_status make_bwd_params(Form form, const mlstm_bwd_args* a, bool sizes_only
       return fail(MLSTM_ERROR_INVALID_ARGUMENT, "parallel backward: the parallel form has no state");
   }
 
-  p->form = form;
-  p->device_index = a->device.index;
-  p->stream = a->device.stream;
-  fill_common(form, *a, &p->B, &p->NH, &p->S, &p->DHQK, &p->DHHV);
-  p->L = a->chunk_size;
-  p->algorithm = static_cast<mlstm_chunkwise_algorithm>(a->algorithm);
-  p->eps = a->eps;
-  p->qk_scale = 1.0f / std::sqrt(static_cast<float>(a->shape.DHQK));
-  p->m_starts_at_neg_inf = form == Form::kParallel;
+  fill_shared(form, *a, p);
   p->has_initial = has_initial;
   p->has_dlast = has_dlast;
-  p->q = view(a->q);
-  p->k = view(a->k);
-  p->v = view(a->v);
-  p->i = view(a->i);
-  p->f = view(a->f);
-  p->c_initial = view(a->c_initial);
-  p->n_initial = view(a->n_initial);
-  p->m_initial = view(a->m_initial);
-  p->h = view(a->h);
   p->saved = a->saved;
   p->dh = view(a->dh);
   p->dc_last = view(a->dc_last);
@@ -354,7 +336,6 @@ mlstm_status make_bwd_params(Form form, const mlstm_bwd_args* a, bool sizes_only
   p->dc_initial = view(a->dc_initial);
   p->dn_initial = view(a->dn_initial);
   p->dm_initial = view(a->dm_initial);
-  p->workspace = a->workspace;
   return MLSTM_OK;
 }
 
