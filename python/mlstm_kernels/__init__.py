@@ -17,7 +17,7 @@ def capabilities() -> dict:
     caps = {
         "version": _core.version(),
         "cuda_compiled": _core.cuda_compiled(),
-        "cuda_archs": _core.cuda_archs().split(";") if _core.cuda_archs() else [],
+        "cuda_archs": _core.cuda_archs().split(",") if _core.cuda_archs() else [],
         "cuda_devices": _core.cuda_device_count(),
         "max_head_dim": {
             "cpu": {f: _core.max_head_dim(f, _core.DEVICE_CPU) for f in forms},

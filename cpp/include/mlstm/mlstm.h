@@ -141,7 +141,7 @@ typedef struct mlstm_bwd_args {
 MLSTM_API const char* mlstm_version(void);            /* "MAJOR.MINOR.PATCH" of the package */
 MLSTM_API const char* mlstm_last_error(void);         /* message of this thread's last failure ("" if none) */
 MLSTM_API int mlstm_cuda_compiled(void);              /* 1 if the CUDA backend was built */
-MLSTM_API const char* mlstm_cuda_archs(void);         /* e.g. "80;90a" ("" without CUDA) */
+MLSTM_API const char* mlstm_cuda_archs(void);         /* e.g. "80-real,90a-real" ("" without CUDA) */
 MLSTM_API int mlstm_cuda_device_count(void);          /* 0 without CUDA or without a GPU */
 /* Largest supported head dimension (DHQK or DHHV) of a form on a device kind; 0 = unsupported.
  * form: "parallel", "chunkwise", "sequence", "step". */
