@@ -65,7 +65,7 @@ class mLSTMBackendConfig:
     """How the backend's call behaves: "train", "train_with_padding" or "inference"."""
     chunk_size: int = 64
     """Chunk size of the chunkwise kernel (and the padding multiple of "train_with_padding")."""
-    return_last_states: bool = True
+    return_last_states: bool = False
     """Whether training returns the last states; inference always does."""
     autocast_kernel_dtype: DtypeType = "bfloat16"
     """Kept for upstream compatibility; JAX has no autocast region, kernels run in the inputs' dtype."""
