@@ -165,7 +165,8 @@ def cancellation_conditioning(ref: Results) -> dict[str, float]:
 
 
 def h_rounding_floor(ref: Results, parallel: bool, dtype: torch.dtype) -> dict[str, float]:
-    """Relative error of dq and dk that follows from the core reading back the h it stored.
+    """Relative error of dq and dk that follows from the core reading back the h it stored, and
+    from forming the products dh'_t·v_s in the kernel's precision.
 
     The score gradient is dS_{t,s} = dh'_t·v_s + σ_t with σ_t = −[|den_t| ≥ exp(−m_t)]·sign(den_t)·
     (dh_t·h_t)/d_t, and h is stored in the kernel's dtype. When h saturates (|den_t| ≫ eps, always
@@ -180,6 +181,7 @@ def h_rounding_floor(ref: Results, parallel: bool, dtype: torch.dtype) -> dict[s
     x, dh, h = ref.inputs, ref.incoming["h"], ref["h"]
     q, k, i, f = x["q"], x["k"], x["i"], x["f"]
     B, NH, S, DHQK = q.shape
+    DHHV = x["v"].shape[-1]
     q_scaled = q / math.sqrt(DHQK)  # (B, NH, S, DHQK)
     f_log = torch.nn.functional.logsigmoid(f)  # (B, NH, S)
     strictly_lower = torch.ones(S, S, dtype=torch.bool).tril(-1)
@@ -202,6 +204,13 @@ def h_rounding_floor(ref: Results, parallel: bool, dtype: torch.dtype) -> dict[s
     u = UNIT_ROUNDOFF[dtype]
     err_dq = u * sigma[..., None] * n.abs() / math.sqrt(DHQK)  # (B, NH, S, DHQK)
     err_dk = u * (d_stable * sigma[..., None]).transpose(-1, -2) @ q_scaled.abs()  # (B, NH, S, DHQK)
+    # The products dh'_t·v_s themselves: a dot product of DHHV terms carries at most γ = DHHV·u times
+    # Σ_j |dh_tj v_sj| (the standard forward-error bound), which dominates where dh_t·v_s cancels.
+    # Its operands are exact in the input dtype and accumulate in float32 (float64 for float64).
+    gamma = DHHV * (UNIT_ROUNDOFF[torch.float64] if dtype == torch.float64 else UNIT_ROUNDOFF[torch.float32])
+    dsv = d_stable * ((dh.abs() @ x["v"].abs().transpose(-1, -2)) / d[..., None])  # (B, NH, S, S)
+    err_dq = err_dq + gamma * (dsv @ k.abs()) / math.sqrt(DHQK)
+    err_dk = err_dk + gamma * dsv.transpose(-1, -2) @ q_scaled.abs()
     return {"dq": _norm(err_dq) / max(_norm(ref["dq"]), 1e-300), "dk": _norm(err_dk) / max(_norm(ref["dk"]), 1e-300)}
 
 
