@@ -102,6 +102,14 @@ def _saturation_floor(x64, ref_out, ct, dtype, parallel: bool) -> dict[str, floa
     u = utils.UNIT_ROUNDOFF[utils.dtype_name(dtype)]
     err_dq = u * sigma[..., None] * np.abs(n) / np.sqrt(DHQK)
     err_dk = u * np.swapaxes(d_stable * sigma[..., None], -1, -2) @ np.abs(q_scaled)
+    # The products dh'_t·v_s themselves: a dot product of DHHV terms carries at most γ = DHHV·u times
+    # Σ_j |dh_tj v_sj| (the standard forward-error bound); operands are exact in the input dtype and
+    # accumulate in float32 (float64 for float64).
+    v = x["v"]
+    gamma = v.shape[-1] * utils.UNIT_ROUNDOFF["float64" if utils.dtype_name(dtype) == "float64" else "float32"]
+    dsv = d_stable * ((np.abs(ct["h"]) @ np.swapaxes(np.abs(v), -1, -2)) / d[..., None])  # (B, NH, S, S)
+    err_dq = err_dq + gamma * (dsv @ np.abs(k)) / np.sqrt(DHQK)
+    err_dk = err_dk + gamma * np.swapaxes(dsv, -1, -2) @ np.abs(q_scaled)
     return {"dq": float(np.linalg.norm(err_dq)), "dk": float(np.linalg.norm(err_dk))}
 
 
