@@ -78,6 +78,45 @@ def check_chunk_size(algorithm: str, chunk_size: int) -> None:
         raise ValueError(f"chunk_size: {algorithm} needs a power of two in [{lo}, {hi}], got {chunk_size}")
 
 
+def registry_functions(training: Mapping, sequence: Mapping, step: Mapping) -> dict:
+    """The six registry functions of a framework layer, over its name -> callable tables.
+
+    Both layers expose the same names with the same alias handling; the tables must list exactly
+    the canonical names above.
+    """
+    for kind, table, names in (("training", training, TRAINING_KERNELS), ("sequence", sequence, SEQUENCE_KERNELS),
+                               ("step", step, STEP_KERNELS)):
+        if tuple(table) != names:
+            raise AssertionError(f"{kind} kernel table {tuple(table)} != canonical names {names}")
+
+    def get_available_mlstm_kernels() -> list[str]:
+        """Canonical names of the training kernels (chunkwise and parallel forms)."""
+        return list(training)
+
+    def get_mlstm_kernel(name: str):
+        """The training kernel `name` (an upstream name resolves to our equivalent with a warning)."""
+        return training[resolve_kernel_name("training", name, tuple(training))]
+
+    def get_available_mlstm_sequence_kernels() -> list[str]:
+        """Canonical names of the sequence kernels (recurrent forward over a whole sequence)."""
+        return list(sequence)
+
+    def get_mlstm_sequence_kernel(name: str):
+        """The sequence kernel `name` (an upstream name resolves to our equivalent with a warning)."""
+        return sequence[resolve_kernel_name("sequence", name, tuple(sequence))]
+
+    def get_available_mlstm_step_kernels() -> list[str]:
+        """Canonical names of the step kernels (one recurrent time step)."""
+        return list(step)
+
+    def get_mlstm_step_kernel(name: str):
+        """The step kernel `name` (an upstream name resolves to our equivalent with a warning)."""
+        return step[resolve_kernel_name("step", name, tuple(step))]
+
+    return {f.__name__: f for f in (get_available_mlstm_kernels, get_mlstm_kernel, get_available_mlstm_sequence_kernels,
+                                    get_mlstm_sequence_kernel, get_available_mlstm_step_kernels, get_mlstm_step_kernel)}
+
+
 @dataclass(frozen=True)
 class Dims:
     B: int

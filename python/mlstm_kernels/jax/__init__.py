@@ -62,39 +62,13 @@ _STEP_KERNELS: dict[str, Callable] = {
     "fused": mlstm_recurrent_step__fused,
 }
 
-assert tuple(_TRAINING_KERNELS) == _spec.TRAINING_KERNELS
-assert tuple(_SEQUENCE_KERNELS) == _spec.SEQUENCE_KERNELS
-assert tuple(_STEP_KERNELS) == _spec.STEP_KERNELS
-
-
-def get_available_mlstm_kernels() -> list[str]:
-    """Canonical names of the training kernels (chunkwise and parallel forms)."""
-    return list(_TRAINING_KERNELS)
-
-
-def get_mlstm_kernel(name: str) -> Callable:
-    """The training kernel `name` (an upstream name resolves to our equivalent with a warning)."""
-    return _TRAINING_KERNELS[_spec.resolve_kernel_name("training", name, tuple(_TRAINING_KERNELS))]
-
-
-def get_available_mlstm_sequence_kernels() -> list[str]:
-    """Canonical names of the sequence kernels (recurrent forward over a whole sequence)."""
-    return list(_SEQUENCE_KERNELS)
-
-
-def get_mlstm_sequence_kernel(name: str) -> Callable:
-    """The sequence kernel `name` (an upstream name resolves to our equivalent with a warning)."""
-    return _SEQUENCE_KERNELS[_spec.resolve_kernel_name("sequence", name, tuple(_SEQUENCE_KERNELS))]
-
-
-def get_available_mlstm_step_kernels() -> list[str]:
-    """Canonical names of the step kernels (one recurrent time step)."""
-    return list(_STEP_KERNELS)
-
-
-def get_mlstm_step_kernel(name: str) -> Callable:
-    """The step kernel `name` (an upstream name resolves to our equivalent with a warning)."""
-    return _STEP_KERNELS[_spec.resolve_kernel_name("step", name, tuple(_STEP_KERNELS))]
+_registry = _spec.registry_functions(_TRAINING_KERNELS, _SEQUENCE_KERNELS, _STEP_KERNELS)
+get_available_mlstm_kernels = _registry["get_available_mlstm_kernels"]
+get_mlstm_kernel = _registry["get_mlstm_kernel"]
+get_available_mlstm_sequence_kernels = _registry["get_available_mlstm_sequence_kernels"]
+get_mlstm_sequence_kernel = _registry["get_mlstm_sequence_kernel"]
+get_available_mlstm_step_kernels = _registry["get_available_mlstm_step_kernels"]
+get_mlstm_step_kernel = _registry["get_mlstm_step_kernel"]
 
 
 __all__ = [
