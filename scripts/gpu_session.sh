@@ -2,7 +2,7 @@
 # One GPU run: build in place for the local card, run the CUDA tests, the main job, the sanitizers
 # and the benchmarks, and write every log under $OUT (default: ./gpu_out).
 #
-#   bash scripts/gpu_session.sh [stage ...]     stages: build ctest pytest check sanitize bench
+#   bash scripts/gpu_session.sh [stage ...]     stages: build ctest pytest check sanitize kbench bench
 #   (no stage = all, in that order). Each stage has its own time limit so one hang cannot eat the run.
 # The device gets a copy of the working tree without .git: pass the commit as MLSTM_COMMIT, e.g.
 #   MLSTM_COMMIT=$(git rev-parse --short HEAD) bash scripts/gpu_session.sh   (run from the caller's side)
@@ -14,9 +14,12 @@ BUILD_DIR=${MLSTM_BUILD_DIR:-/tmp/mlstm-build}
 ARCHS=${MLSTM_CUDA_ARCHS:-90a-real}
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-16}
 export PYTHONUNBUFFERED=1
+export XLA_PYTHON_CLIENT_PREALLOCATE=false   # JAX and torch share the card in one pytest process
+CTEST_REGEX=${MLSTM_CTEST_REGEX:-}           # e.g. cuda: only the CUDA suites
+PYTEST_MARK=${MLSTM_PYTEST_MARK:-}           # e.g. gpu: only the CUDA parametrisations
 COMMIT=${MLSTM_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(build ctest pytest check sanitize bench)
+[ ${#stages[@]} -eq 0 ] && stages=(build ctest pytest check sanitize kbench bench)
 summary=()
 
 run_stage() {  # name, limit (s), command...
@@ -50,9 +53,9 @@ for stage in "${stages[@]}"; do
         -Cbuild-dir="$BUILD_DIR" -Ccmake.define.MLSTM_BUILD_TESTS=ON \
         -Ccmake.define.MLSTM_CUDA=ON -Ccmake.define.MLSTM_CUDA_ARCHS="$ARCHS" . || break ;;
     ctest)
-      run_stage ctest 300 ctest --test-dir "$BUILD_DIR" --output-on-failure ;;
+      run_stage ctest 300 ctest --test-dir "$BUILD_DIR" --output-on-failure ${CTEST_REGEX:+-R "$CTEST_REGEX"} ;;
     pytest)
-      run_stage pytest 400 bash -c "cd /tmp && python3 -m pytest -q -x -rs -p no:cacheprovider $(pwd)/tests/torch $(pwd)/tests/jax" ;;
+      run_stage pytest 400 bash -c "cd /tmp && python3 -m pytest -q -rs -p no:cacheprovider --maxfail=20 ${PYTEST_MARK:+-m $PYTEST_MARK} $(pwd)/tests/torch $(pwd)/tests/jax" ;;
     check)
       run_stage check 240 python3 -m mlstm_kernels check ;;
     sanitize)
@@ -63,10 +66,11 @@ for stage in "${stages[@]}"; do
             compute-sanitizer --tool "$tool" --error-exitcode 9 "$t"
         done
       done ;;
-    bench)
+    kbench)  # the core's own timings (C++, no framework in the way)
       for t in chunkwise parallel; do
         [ -x "$BUILD_DIR/tests/cpp/test_cuda_$t" ] && run_stage "bench-$t" 240 "$BUILD_DIR/tests/cpp/test_cuda_$t" --bench
-      done
+      done ;;
+    bench)
       for suite in "consttoken --config A" "consttoken --config B" "step --config A"; do
         # shellcheck disable=SC2086
         run_stage "bench-${suite// /-}" 400 python3 -m benchmarks.run --suite $suite --out "$OUT" --commit "$COMMIT"
