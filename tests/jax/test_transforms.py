@@ -134,7 +134,7 @@ def test_vmap_with_grad(name, L, setup):
     x = {k: v[0] for k, v in xb.items()}
     out, vjp = jax.vjp(lambda x: fn(**x), x)
     rng = np.random.default_rng(0)
-    cts = jax.tree.map(lambda o: jnp.asarray(rng.standard_normal((V,) + o.shape)), out)
+    cts = jax.tree.map(lambda o: jnp.asarray(rng.standard_normal((V,) + o.shape), dtype=o.dtype), out)
     batched = jax.vmap(vjp)(cts)
     looped = jax.tree.map(lambda *a: jnp.stack(a), *[vjp(jax.tree.map(lambda c: c[j], cts)) for j in range(V)])
     _trees_close(f"{name} vmap(vjp) over cotangents", batched, looped, setup, target=name, V=V)
