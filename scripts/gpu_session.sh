@@ -51,7 +51,8 @@ for stage in "${stages[@]}"; do
     build)
       run_stage build 420 python3 -m pip install --no-build-isolation --no-deps -v \
         -Cbuild-dir="$BUILD_DIR" -Ccmake.define.MLSTM_BUILD_TESTS=ON \
-        -Ccmake.define.MLSTM_CUDA=ON -Ccmake.define.MLSTM_CUDA_ARCHS="$ARCHS" . || break ;;
+        -Ccmake.define.MLSTM_CUDA=ON -Ccmake.define.MLSTM_CUDA_ARCHS="$ARCHS" \
+        ${MLSTM_CUDA_FLAGS:+-Ccmake.define.CMAKE_CUDA_FLAGS="$MLSTM_CUDA_FLAGS"} . || break ;;
     ctest)
       run_stage ctest 300 ctest --test-dir "$BUILD_DIR" --output-on-failure ${CTEST_REGEX:+-R "$CTEST_REGEX"} ;;
     pytest)
@@ -66,6 +67,13 @@ for stage in "${stages[@]}"; do
             compute-sanitizer --tool "$tool" --error-exitcode 9 "$t"
         done
       done ;;
+    profile)  # where the chunkwise time goes: every kernel's duration, then full reports of the walks
+      t=$BUILD_DIR/tests/cpp/test_cuda_chunkwise
+      run_stage prof-times 120 ncu --metrics gpu__time_duration.sum --launch-skip 6 --launch-count 7 "$t" --profile
+      run_stage prof-fwd 200 ncu --set full --import-source yes -k regex:walk --launch-count 1 -f -o "$OUT/walk_fwd" "$t" --profile
+      ncu --import "$OUT/walk_fwd.ncu-rep" --page details > "$OUT/walk_fwd_details.txt" 2>&1
+      ncu --import "$OUT/walk_fwd.ncu-rep" --page source --print-source sass --csv > "$OUT/walk_fwd_sass.csv" 2>&1
+      gzip -f "$OUT/walk_fwd_sass.csv" ;;
     kbench)  # the core's own timings (C++, no framework in the way)
       for t in chunkwise parallel; do
         [ -x "$BUILD_DIR/tests/cpp/test_cuda_$t" ] && run_stage "bench-$t" 240 "$BUILD_DIR/tests/cpp/test_cuda_$t" --bench

@@ -685,6 +685,16 @@ int bench() {
   return testing::finish("test_cuda_chunkwise --bench");
 }
 
+// One shape for a profiler: 3 forward calls, then 3 forward + backward calls, untimed and unchecked
+// (the kernel launches in order: per forward scores, walk; per backward scores, dq, dv, dk walks, gates).
+int profile(const char* config) {
+  const bool a = std::strcmp(config, "B") != 0;
+  const size_t tokens = size_t(65536) * 16;
+  BenchBuffers buf(tokens * 256 / 2, tokens * 512 / 2, tokens);
+  bench_shape(buf, 8, a ? 8 : 16, 8192, a ? 256 : 128, a ? 512 : 256, 0);
+  return testing::finish("test_cuda_chunkwise --profile");
+}
+
 }  // namespace
 #endif  // MLSTM_WITH_CUDA
 
@@ -699,6 +709,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (argc > 1 && std::strcmp(argv[1], "--bench") == 0) return bench();
+  if (argc > 1 && std::strcmp(argv[1], "--profile") == 0) return profile(argc > 2 ? argv[2] : "A");
   const bool small = std::getenv("MLSTM_TEST_SMALL") != nullptr;
   // MLSTM_TEST_CASE=<index> runs one case of the list, MLSTM_TEST_CASE=state the state passing only;
   // MLSTM_TEST_SEED=<n> replaces the case's seed (1000 + index).
