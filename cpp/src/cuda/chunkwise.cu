@@ -73,12 +73,11 @@ struct WalkSplit {
   size_t smem = 0;
 };
 
-// The widest value slice (128, 64, 32 or 16 columns) whose state and tiles fit in shared memory:
-// wider slices re-read the A/Bk tiles fewer times.
+// The widest value slice (128, 64, 32 or 16 columns) that divides the value dimension and whose
+// state and tiles fit in shared memory: wider slices re-read the A/Bk tiles fewer times.
 mlstm_status pick_split(mlstm_dtype dtype, int DA, int DB, int smem_limit, WalkSplit* split) {
-  int cap = 16;
-  while (cap < DB && cap < 128) cap *= 2;
-  for (int DB_s = cap; DB_s >= 16; DB_s /= 2) {
+  for (int DB_s = 128; DB_s >= 16; DB_s /= 2) {
+    if (DB % DB_s != 0) continue;
     const size_t bytes = walk_smem(dtype, DA, DB_s);
     if (bytes <= size_t(smem_limit)) {
       split->DB_s = DB_s;

@@ -163,9 +163,55 @@ __global__ void __launch_bounds__(kThreads) chunkwise_bwd_scores_kernel(const Bw
   }
 }
 
-// One block walks all chunks of one (b, h) for one slice of the value dimension.
+// dst[0..kPer) = w * src[0..kPer) for one 16-byte run of elements (kPer = 16 / sizeof(Elem)).
 template <typename Elem>
-__global__ void __launch_bounds__(kThreads, 1) chunkwise_walk_kernel(const WalkParams p) {
+__device__ __forceinline__ void scale16(Elem* dst, const Elem* src, float w) {
+  if constexpr (std::is_same_v<Elem, float>) {
+    float4 x = *reinterpret_cast<const float4*>(src);
+    x.x *= w, x.y *= w, x.z *= w, x.w *= w;
+    *reinterpret_cast<float4*>(dst) = x;
+  } else {
+    uint4 x = *reinterpret_cast<const uint4*>(src);
+    uint32_t* u = reinterpret_cast<uint32_t*>(&x);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float2 f = unpack2<Elem>(u[e]);
+      u[e] = pack2<Elem>(w * f.x, w * f.y);
+    }
+    *reinterpret_cast<uint4*>(dst) = x;
+  }
+}
+
+// sum_{e<8} a[e] * n[e] for 8 elements of a (16-byte aligned for 16-bit types) and 8 floats of n.
+template <typename Elem>
+__device__ __forceinline__ float dot8(const Elem* a, const float* n) {
+  const float4 n0 = *reinterpret_cast<const float4*>(n), n1 = *reinterpret_cast<const float4*>(n + 4);
+  if constexpr (std::is_same_v<Elem, float>) {
+    const float4 a0 = *reinterpret_cast<const float4*>(a), a1 = *reinterpret_cast<const float4*>(a + 4);
+    return a0.x * n0.x + a0.y * n0.y + a0.z * n0.z + a0.w * n0.w + a1.x * n1.x + a1.y * n1.y + a1.z * n1.z +
+           a1.w * n1.w;
+  } else {
+    const uint4 x = *reinterpret_cast<const uint4*>(a);
+    const float2 f0 = unpack2<Elem>(x.x), f1 = unpack2<Elem>(x.y), f2 = unpack2<Elem>(x.z), f3 = unpack2<Elem>(x.w);
+    return f0.x * n0.x + f0.y * n0.y + f1.x * n0.z + f1.y * n0.w + f2.x * n1.x + f2.y * n1.y + f3.x * n1.z +
+           f3.y * n1.w;
+  }
+}
+
+// Sum over the eight lanes 8q..8q+7.
+__device__ __forceinline__ float octet_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  v += __shfl_xor_sync(0xffffffffu, v, 2);
+  v += __shfl_xor_sync(0xffffffffu, v, 4);
+  return v;
+}
+
+// One block walks all chunks of one (b, h) for one slice of DBs value columns (the slices divide the
+// value dimension). Every tile count is a compile-time constant of DBs (WalkGeom).
+template <typename Elem, int DBs>
+__global__ void __launch_bounds__(kWalkThreads, 1) chunkwise_walk_kernel(const WalkParams p) {
+  using G = WalkGeom<DBs>;
+  constexpr int kPer = 16 / int(sizeof(Elem));
   const WalkMode mode = p.mode;
   const bool reverse = mode == WalkMode::kDv || mode == WalkMode::kDk;
   const bool is_fwd = mode == WalkMode::kFwd;
@@ -177,7 +223,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunkwise_walk_kernel(const WalkP
   const int g = lane >> 2, t = lane & 3;
   const int NC = int(p.NC);
 
-  const WalkSmem<Elem> L(p.DA, p.DB_s);
+  const WalkSmem<Elem> L(p.DA, DBs);
   unsigned char* smem = dynamic_smem();
   Elem* ring = reinterpret_cast<Elem*>(smem + L.ring);
   Elem* sM = reinterpret_cast<Elem*>(smem + L.M);
@@ -188,11 +234,10 @@ __global__ void __launch_bounds__(kThreads, 1) chunkwise_walk_kernel(const WalkP
   float* srow = reinterpret_cast<float*>(smem + L.srow);
   float* scal = reinterpret_cast<float*>(smem + L.scal);
   float* tmp = scal + kNumScalars * kT;
-  const int ldE = L.ldE, ldT = L.ldT, ldV = L.ldV, ldS = L.ldS, DB_s = L.DB_s;
+  const int ldE = L.ldE, ldT = L.ldT, ldV = L.ldV, ldS = L.ldS;
   const int nj = L.DA_pad / kTK;
 
-  const int db0 = slice * DB_s;
-  const int dbw = min(DB_s, p.DB - db0);  // valid value columns of this slice (multiple of 16)
+  const int db0 = slice * DBs;
   const bool natural = state_is_natural(mode);
   const int DHQK = natural ? p.DB : p.DA, DHHV = natural ? p.DA : p.DB;
 
@@ -204,13 +249,14 @@ __global__ void __launch_bounds__(kThreads, 1) chunkwise_walk_kernel(const WalkP
   const bool ends_walk = reverse ? seg == 0 : seg == p.n_seg - 1;
   const bool outputs = !p.state_only;
 
-  // Output tile (kT x DB_s): warp owns rows 16*(warp%4).. and the column half warp/4.
+  // Output tile (kT x DBs): rows 16*rb.., columns ocol..ocol+kOutCols.
   const int rb = warp & 3, wc = warp >> 2;
-  const int half = DB_s / 2;
-  const int nt_out = max(0, min(half, dbw - wc * half)) / 8;
-  // State update tile (DB_s x kTK): DB_s/16 row blocks, the kTK columns split among the rest.
-  const int rbu = DB_s / 16, cg = kWarps / rbu;
-  const int urow = 16 * (warp % rbu), ucol = (warp / rbu) * (kTK / cg), nt_u = kTK / cg / 8;
+  const bool out_warp = outputs && wc < G::kOutCG;
+  const int ocol = wc * G::kOutCols;
+  // State update tile (DBs x kTK).
+  const int urb = warp % G::kUpdRB, ucg = warp / G::kUpdRB;
+  const bool upd_warp = ucg < G::kUpdCG;
+  const int urow = 16 * urb, ucol = ucg * G::kUpdCols;
 
   WalkStart from;  // zeros (a state-only pass) unless the user's or a segment's state is given
   if (!p.state_only) {
@@ -220,7 +266,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunkwise_walk_kernel(const WalkP
       from = segment_view(p.seg_start, seg, p.BNH, p.NH, DHQK, DHHV);
     }
   }
-  walk_load_state(p, from, b, h, db0, dbw, St, ldS, DB_s, L.DA_pad, nvec, srow);
+  walk_load_state(p, from, b, h, db0, DBs, St, ldS, DBs, L.DA_pad, nvec, srow);
   // m before the walk: the user's m_initial (0 when absent), a segment's start, or -inf for the
   // local state of a segment (kFwd; the backward walks take every m from the saved m_t).
   double m_k = from.m.data != nullptr ? *from.m.row<float>(b, h, 0) : (p.state_only ? -INFINITY : 0.0);
@@ -235,18 +281,18 @@ __global__ void __launch_bounds__(kThreads, 1) chunkwise_walk_kernel(const WalkP
     const int Tc = chunk_len(p.S, t0, kT);
     const int cols_valid = min(kTK, p.DA - j * kTK);
     if (outputs)
-      load_tile(a_tile(slot), ldE, p.A.row<Elem>(b, h, t0) + j * kTK, p.A.st, kT, kTK, Tc, cols_valid, p.A.vec, tid,
-                kThreads);
-    load_tile(b_tile(slot), ldE, p.Bk.row<Elem>(b, h, t0) + j * kTK, p.Bk.st, kT, kTK, Tc, cols_valid, p.Bk.vec, tid,
-              kThreads);
+      load_tile<Elem, kT, kTK, kWalkThreads>(a_tile(slot), ldE, p.A.row<Elem>(b, h, t0) + j * kTK, p.A.st, Tc,
+                                             cols_valid, p.A.vec, tid);
+    load_tile<Elem, kT, kTK, kWalkThreads>(b_tile(slot), ldE, p.Bk.row<Elem>(b, h, t0) + j * kTK, p.Bk.st, Tc,
+                                           cols_valid, p.Bk.vec, tid);
   };
   auto issue_mv = [&](int k) {
     const int64_t t0 = int64_t(k) * kT;
     const int Tc = chunk_len(p.S, t0, kT);
     if (outputs)
-      load_tile(sM, ldT, static_cast<const Elem*>(p.M) + (bh * p.NC + k) * kT * kT, kT, kT, kT, kT, kT, true, tid,
-                kThreads);
-    load_tile(sV, ldV, p.V.row<Elem>(b, h, t0) + db0, p.V.st, kT, DB_s, Tc, dbw, p.V.vec, tid, kThreads);
+      load_tile<Elem, kT, kT, kWalkThreads>(sM, ldT, static_cast<const Elem*>(p.M) + (bh * p.NC + k) * kT * kT, kT,
+                                            kT, kT, true, tid);
+    load_tile<Elem, kT, DBs, kWalkThreads>(sV, ldV, p.V.row<Elem>(b, h, t0) + db0, p.V.st, Tc, DBs, p.V.vec, tid);
   };
 
   int slot = 0;
@@ -268,14 +314,14 @@ __global__ void __launch_bounds__(kThreads, 1) chunkwise_walk_kernel(const WalkP
     __syncthreads();
 
     // V~ = value rows weighted for the state update.
-    for (int idx = tid; idx < kT * DB_s; idx += kThreads) {
-      const int r = idx / DB_s, c = idx - r * DB_s;
-      sVw[r * ldV + c] = from_float<Elem>(scal[kValueW * kT + r] * to_float(sV[r * ldV + c]));
+    for (int idx = tid; idx < kT * DBs / kPer; idx += kWalkThreads) {
+      const int r = idx / (DBs / kPer), c = (idx % (DBs / kPer)) * kPer;
+      scale16<Elem>(sVw + r * ldV + c, sV + r * ldV + c, scal[kValueW * kT + r]);
     }
 
-    float acc[8][4];
+    float acc[G::kNTo][4];
     zero(acc);
-    float qn = 0.f;  // forward: q_t . n_k, a quarter of row tid/4
+    float qn = 0.f;  // forward: q_t . n_k, an eighth of row tid/8
     for (int j = 0; j < nj; ++j) {
       cp_async_wait<0>();
       __syncthreads();
@@ -288,28 +334,25 @@ __global__ void __launch_bounds__(kThreads, 1) chunkwise_walk_kernel(const WalkP
       const Elem* Bs = b_tile(slot);
       // Inter-chunk part with the state before this chunk: acc += A_j St_j^T. The walks that feed
       // the gate gradients take the state at fp32 accuracy (hi + lo parts), see the epilogue.
-      if (outputs && nt_out > 0) {
-        const float* Sj = St + wc * half * ldS + j * kTK;
+      if (out_warp) {
+        const float* Sj = St + ocol * ldS + j * kTK;
         if (split_state)
-          warp_mma<Elem, 8, AKind::kRow, BKind::kNKf32Split>(acc, As + 16 * rb * ldE, ldE, Sj, ldS, kTK / 16, nt_out);
+          warp_mma<Elem, G::kNTo, kTK / 16, AKind::kRow, BKind::kNKf32Split>(acc, As + 16 * rb * ldE, ldE, Sj, ldS);
         else
-          warp_mma<Elem, 8, AKind::kRow, BKind::kNKf32>(acc, As + 16 * rb * ldE, ldE, Sj, ldS, kTK / 16, nt_out);
+          warp_mma<Elem, G::kNTo, kTK / 16, AKind::kRow, BKind::kNKf32>(acc, As + 16 * rb * ldE, ldE, Sj, ldS);
       }
       if (is_fwd && outputs) {
-        const int row = tid >> 2, c0 = (tid & 3) * 16;
-#pragma unroll
-        for (int c = 0; c < 16; ++c) qn += to_float(As[row * ldE + c0 + c]) * nvec[j * kTK + c0 + c];
+        const int row = tid >> 3, c0 = (tid & 7) * 8;
+        qn += dot8<Elem>(As + row * ldE + c0, nvec + j * kTK + c0);
       }
       // State update product: V~^T Bk_j for this warp's (value rows, head-dim columns).
-      float accu[8][4];
+      float accu[G::kNTu][4];
       zero(accu);
-      if (urow < dbw)
-        warp_mma<Elem, 8, AKind::kCol, BKind::kKN>(accu, sVw + urow, ldV, Bs + ucol, ldE, kT / 16, nt_u);
+      if (upd_warp) warp_mma<Elem, G::kNTu, kT / 16, AKind::kCol, BKind::kKN>(accu, sVw + urow, ldV, Bs + ucol, ldE);
       __syncthreads();  // every read of St_j / n_j above is done
-      if (urow < dbw) {
+      if (upd_warp) {
 #pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
-          if (nt >= nt_u) break;
+        for (int nt = 0; nt < G::kNTu; ++nt) {
 #pragma unroll
           for (int e2 = 0; e2 < 2; ++e2) {
             float* s = St + (urow + g + 8 * e2) * ldS + j * kTK + ucol + nt * 8 + 2 * t;
@@ -321,32 +364,32 @@ __global__ void __launch_bounds__(kThreads, 1) chunkwise_walk_kernel(const WalkP
         }
       }
       if (is_fwd) {
-        const int col = tid >> 2, r0 = (tid & 3) * 16;
+        const int col = tid >> 3, r0 = (tid & 7) * 8;
         float s = 0.f;
 #pragma unroll
-        for (int r = 0; r < 16; ++r) s += scal[kValueW * kT + r0 + r] * to_float(Bs[(r0 + r) * ldE + col]);
-        s = quad_sum(s);
-        if ((tid & 3) == 0) nvec[j * kTK + col] = fmaf(alpha, nvec[j * kTK + col], s);
+        for (int r = 0; r < 8; ++r) s += scal[kValueW * kT + r0 + r] * to_float(Bs[(r0 + r) * ldE + col]);
+        s = octet_sum(s);
+        if ((tid & 7) == 0) nvec[j * kTK + col] = fmaf(alpha, nvec[j * kTK + col], s);
       }
       slot ^= 1;
     }
 
     // Intra-chunk part: acc2 = M V (forward in time) or M^T V (backward in time).
-    float acc2[8][4];
+    float acc2[G::kNTo][4];
     zero(acc2);
-    if (outputs && nt_out > 0) {
+    if (out_warp) {
       if (!reverse)
-        warp_mma<Elem, 8, AKind::kRow, BKind::kKN>(acc2, sM + 16 * rb * ldT, ldT, sV + wc * half, ldV, kT / 16, nt_out);
+        warp_mma<Elem, G::kNTo, kT / 16, AKind::kRow, BKind::kKN>(acc2, sM + 16 * rb * ldT, ldT, sV + ocol, ldV);
       else
-        warp_mma<Elem, 8, AKind::kCol, BKind::kKN>(acc2, sM + 16 * rb, ldT, sV + wc * half, ldV, kT / 16, nt_out);
+        warp_mma<Elem, G::kNTo, kT / 16, AKind::kCol, BKind::kKN>(acc2, sM + 16 * rb, ldT, sV + ocol, ldV);
     }
     float aug_new = 0.f;  // this thread's column of sum_r aug_in_r V_r
-    if (has_aug && tid < dbw) {
+    if (has_aug && tid < DBs) {
       for (int r = 0; r < kT; ++r) aug_new += scal[kAugIn * kT + r] * to_float(sV[r * ldV + tid]);
     }
     if (is_fwd) {
-      qn = quad_sum(qn);
-      if ((tid & 3) == 0) scal[kQN * kT + (tid >> 2)] = qn;
+      qn = octet_sum(qn);
+      if ((tid & 7) == 0) scal[kQN * kT + (tid >> 3)] = qn;
     }
     __syncthreads();  // sM / sV free; q.n visible
     if (it + 1 < n_it) issue_mv(chunk_at(it + 1));
@@ -354,50 +397,51 @@ __global__ void __launch_bounds__(kThreads, 1) chunkwise_walk_kernel(const WalkP
 
     // Epilogue.
     float dot_rows[2] = {0.f, 0.f};
+    if (out_warp) {
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-      if (!outputs || nt >= nt_out) break;
+      for (int nt = 0; nt < G::kNTo; ++nt) {
 #pragma unroll
-      for (int e2 = 0; e2 < 2; ++e2) {
-        const int row = 16 * rb + g + 8 * e2;
-        const int col = wc * half + nt * 8 + 2 * t;
-        const float ri = scal[kRowInter * kT + row], rl = scal[kRowIntra * kT + row];
-        // o = ri * inter + rest
-        float r0 = rl * acc2[nt][2 * e2], r1 = rl * acc2[nt][2 * e2 + 1];
-        if (has_aug) {
-          const float ao = scal[kAugOut * kT + row];
-          r0 = fmaf(ao, srow[col], r0);
-          r1 = fmaf(ao, srow[col + 1], r1);
-        }
-        float o0 = fmaf(ri, acc[nt][2 * e2], r0);
-        float o1 = fmaf(ri, acc[nt][2 * e2 + 1], r1);
-        if (is_fwd) {
-          const float den = ri * scal[kQN * kT + row] + rl * scal[kRowSum * kT + row];
-          const float inv = 1.f / (fmaxf(fabsf(den), expf(-scal[kMRow * kT + row])) + p.eps);
-          o0 *= inv;
-          o1 *= inv;
-        }
-        if (row < Tc) {
-          store2(p.out.mut_row<Elem>(b, h, t0 + row) + db0 + col, o0, o1);
-          if (p.partner.data != nullptr) {
-            // q.dq (k.dk) for the gate gradients, whose suffix sums cancel across the dq and dk walks:
-            // the inter part is dotted with the partner row scaled and rounded exactly as the other
-            // walk rounded it into its state update (V~), so both walks see the same pair terms.
-            const float2 pp = load2(p.partner.row<Elem>(b, h, t0 + row) + db0 + col);
-            float d = dot_rows[e2];
-            d = fmaf(round_to<Elem>(ri * pp.x), acc[nt][2 * e2], d);
-            d = fmaf(round_to<Elem>(ri * pp.y), acc[nt][2 * e2 + 1], d);
-            d = fmaf(pp.x, r0, fmaf(pp.y, r1, d));
-            dot_rows[e2] = d;
+        for (int e2 = 0; e2 < 2; ++e2) {
+          const int row = 16 * rb + g + 8 * e2;
+          const int col = ocol + nt * 8 + 2 * t;
+          const float ri = scal[kRowInter * kT + row], rl = scal[kRowIntra * kT + row];
+          // o = ri * inter + rest
+          float r0 = rl * acc2[nt][2 * e2], r1 = rl * acc2[nt][2 * e2 + 1];
+          if (has_aug) {
+            const float ao = scal[kAugOut * kT + row];
+            r0 = fmaf(ao, srow[col], r0);
+            r1 = fmaf(ao, srow[col + 1], r1);
+          }
+          float o0 = fmaf(ri, acc[nt][2 * e2], r0);
+          float o1 = fmaf(ri, acc[nt][2 * e2 + 1], r1);
+          if (is_fwd) {
+            const float den = ri * scal[kQN * kT + row] + rl * scal[kRowSum * kT + row];
+            const float inv = 1.f / (fmaxf(fabsf(den), expf(-scal[kMRow * kT + row])) + p.eps);
+            o0 *= inv;
+            o1 *= inv;
+          }
+          if (row < Tc) {
+            store2(p.out.mut_row<Elem>(b, h, t0 + row) + db0 + col, o0, o1);
+            if (p.partner.data != nullptr) {
+              // q.dq (k.dk) for the gate gradients, whose suffix sums cancel across the dq and dk walks:
+              // the inter part is dotted with the partner row scaled and rounded exactly as the other
+              // walk rounded it into its state update (V~), so both walks see the same pair terms.
+              const float2 pp = load2(p.partner.row<Elem>(b, h, t0 + row) + db0 + col);
+              float d = dot_rows[e2];
+              d = fmaf(round_to<Elem>(ri * pp.x), acc[nt][2 * e2], d);
+              d = fmaf(round_to<Elem>(ri * pp.y), acc[nt][2 * e2 + 1], d);
+              d = fmaf(pp.x, r0, fmaf(pp.y, r1, d));
+              dot_rows[e2] = d;
+            }
           }
         }
       }
-    }
-    if (outputs && p.dot_part != nullptr) {
+      if (p.dot_part != nullptr) {
 #pragma unroll
-      for (int e2 = 0; e2 < 2; ++e2) {
-        const float r = quad_sum(dot_rows[e2]);
-        if (t == 0) scal[(kDot0 + wc) * kT + 16 * rb + g + 8 * e2] = r;
+        for (int e2 = 0; e2 < 2; ++e2) {
+          const float r = quad_sum(dot_rows[e2]);
+          if (t == 0) scal[(kDot0 + wc) * kT + 16 * rb + g + 8 * e2] = r;
+        }
       }
     }
     if (outputs && is_fwd && slice == 0 && p.m_out != nullptr && tid < Tc) {
@@ -406,9 +450,13 @@ __global__ void __launch_bounds__(kThreads, 1) chunkwise_walk_kernel(const WalkP
       p.den_out[bh * p.S + t0 + tid] = den;
     }
     __syncthreads();  // srow and the row sums read
-    if (has_aug && tid < DB_s) srow[tid] = fmaf(alpha, srow[tid], aug_new);
-    if (outputs && p.dot_part != nullptr && tid < Tc)
-      p.dot_part[(int64_t(slice) * p.BNH + bh) * p.S + t0 + tid] = scal[kDot0 * kT + tid] + scal[kDot1 * kT + tid];
+    if (has_aug && tid < DBs) srow[tid] = fmaf(alpha, srow[tid], aug_new);
+    if (outputs && p.dot_part != nullptr && tid < Tc) {
+      float d = 0.f;
+#pragma unroll
+      for (int c = 0; c < G::kOutCG; ++c) d += scal[(kDot0 + c) * kT + tid];
+      p.dot_part[(int64_t(slice) * p.BNH + bh) * p.S + t0 + tid] = d;
+    }
     if (is_fwd) m_k = m_k1;
     g_total += tk.g;
   }
@@ -423,7 +471,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunkwise_walk_kernel(const WalkP
     end.state_out = p.state_out, end.aug_out = p.aug_out, end.m_out = p.m_last;
     end.state_dot = p.state_dot, end.aug_dot = p.aug_dot, end.end_part = p.end_part;
   }
-  walk_finish(p, end, b, h, bh, slice, db0, dbw, St, ldS, nvec, srow, float(m_k), float(g_total), tmp);
+  walk_finish(p, end, b, h, bh, slice, db0, DBs, St, ldS, nvec, srow, float(m_k), float(g_total), tmp);
 }
 
 }  // namespace mlstm::cuda::chunkwise

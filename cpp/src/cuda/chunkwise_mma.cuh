@@ -166,44 +166,41 @@ __device__ __forceinline__ float quad_sum(float v) {
 
 // ---- warp tile products -------------------------------------------------------------------------------
 
-// acc[nt] += A (16 x 16*k_steps) * B (16*k_steps x 8*nt) for nt < nt_active (<= NT).
+// acc[nt] += A (16 x 16*KS) * B (16*KS x 8*NT). Every bound is a compile-time constant, so the
+// loops unroll completely and no lane tests a tile count at run time.
 // `a` points at the warp's block origin (m0, k0), `b` at (k0, n0), both in shared memory.
-template <typename Elem, int NT, AKind kA, BKind kB>
-__device__ __forceinline__ void warp_mma(float (&acc)[NT][4], const Elem* a, int lda, const void* b, int ldb,
-                                         int k_steps, int nt_active) {
+template <typename Elem, int NT, int KS, AKind kA, BKind kB>
+__device__ __forceinline__ void warp_mma(float (&acc)[NT][4], const Elem* a, int lda, const void* b, int ldb) {
   const int lane = threadIdx.x & 31;
   if constexpr (std::is_same_v<Elem, float>) {
     // Exact fp32: each lane forms its own accumulator elements with FFMA.
     const float* bf = static_cast<const float*>(b);
     const int g = lane >> 2, t = lane & 3;
-    for (int ks = 0; ks < k_steps; ++ks) {
 #pragma unroll 4
-      for (int kk = 0; kk < 16; ++kk) {
-        const int k = ks * 16 + kk;
-        const float a_lo = kA == AKind::kRow ? a[g * lda + k] : a[k * lda + g];
-        const float a_hi = kA == AKind::kRow ? a[(g + 8) * lda + k] : a[k * lda + g + 8];
+    for (int k = 0; k < 16 * KS; ++k) {
+      const float a_lo = kA == AKind::kRow ? a[g * lda + k] : a[k * lda + g];
+      const float a_hi = kA == AKind::kRow ? a[(g + 8) * lda + k] : a[k * lda + g + 8];
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-          if (nt >= nt_active) break;
-          const int n = nt * 8 + 2 * t;
-          float b0, b1;
-          if constexpr (kB == BKind::kKN) {
-            b0 = bf[k * ldb + n];
-            b1 = bf[k * ldb + n + 1];
-          } else {
-            b0 = bf[n * ldb + k];
-            b1 = bf[(n + 1) * ldb + k];
-          }
-          acc[nt][0] = fmaf(a_lo, b0, acc[nt][0]);
-          acc[nt][1] = fmaf(a_lo, b1, acc[nt][1]);
-          acc[nt][2] = fmaf(a_hi, b0, acc[nt][2]);
-          acc[nt][3] = fmaf(a_hi, b1, acc[nt][3]);
+      for (int nt = 0; nt < NT; ++nt) {
+        const int n = nt * 8 + 2 * t;
+        float b0, b1;
+        if constexpr (kB == BKind::kKN) {
+          b0 = bf[k * ldb + n];
+          b1 = bf[k * ldb + n + 1];
+        } else {
+          b0 = bf[n * ldb + k];
+          b1 = bf[(n + 1) * ldb + k];
         }
+        acc[nt][0] = fmaf(a_lo, b0, acc[nt][0]);
+        acc[nt][1] = fmaf(a_lo, b1, acc[nt][1]);
+        acc[nt][2] = fmaf(a_hi, b0, acc[nt][2]);
+        acc[nt][3] = fmaf(a_hi, b1, acc[nt][3]);
       }
     }
   } else {
     const int q = lane >> 3, r = lane & 7;
-    for (int ks = 0; ks < k_steps; ++ks) {
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
       uint32_t af[4];
       if constexpr (kA == AKind::kRow) {
         ldmatrix_x4(af, a + (lane & 15) * lda + ks * 16 + (lane >> 4) * 8);
@@ -215,7 +212,6 @@ __device__ __forceinline__ void warp_mma(float (&acc)[NT][4], const Elem* a, int
         const int g = lane >> 2, t = lane & 3;
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
-          if (nt >= nt_active) break;
           const float* row = bs + (nt * 8 + g) * ldb + ks * 16 + 2 * t;
           const float2 k0 = *reinterpret_cast<const float2*>(row);      // k = 2t, 2t+1
           const float2 k8 = *reinterpret_cast<const float2*>(row + 8);  // k = 2t+8, 2t+9
@@ -229,28 +225,26 @@ __device__ __forceinline__ void warp_mma(float (&acc)[NT][4], const Elem* a, int
       } else {
         const Elem* bs = static_cast<const Elem*>(b);
 #pragma unroll
-        for (int np = 0; np < (NT + 1) / 2; ++np) {
-          const int nt = 2 * np;
-          if (nt >= nt_active) break;
-          if (nt + 1 < nt_active) {
-            uint32_t bf[4];
-            if constexpr (kB == BKind::kNK) {
-              ldmatrix_x4(bf, bs + (nt * 8 + r + (q >> 1) * 8) * ldb + ks * 16 + (q & 1) * 8);
-            } else {
-              ldmatrix_x4_trans(bf, bs + (ks * 16 + r + (q & 1) * 8) * ldb + nt * 8 + (q >> 1) * 8);
-            }
-            mma16816<Elem>(acc[nt], af, bf[0], bf[1]);
-            if constexpr (NT > 1) mma16816<Elem>(acc[nt + 1 < NT ? nt + 1 : 0], af, bf[2], bf[3]);
+        for (int nt = 0; nt + 1 < NT; nt += 2) {
+          uint32_t bf[4];
+          if constexpr (kB == BKind::kNK) {
+            ldmatrix_x4(bf, bs + (nt * 8 + r + (q >> 1) * 8) * ldb + ks * 16 + (q & 1) * 8);
           } else {
-            uint32_t bf[2];
-            const int l = lane & 15, qq = l >> 3, rr = l & 7;
-            if constexpr (kB == BKind::kNK) {
-              ldmatrix_x2(bf, bs + (nt * 8 + rr) * ldb + ks * 16 + qq * 8);
-            } else {
-              ldmatrix_x2_trans(bf, bs + (ks * 16 + rr + qq * 8) * ldb + nt * 8);
-            }
-            mma16816<Elem>(acc[nt], af, bf[0], bf[1]);
+            ldmatrix_x4_trans(bf, bs + (ks * 16 + r + (q & 1) * 8) * ldb + nt * 8 + (q >> 1) * 8);
           }
+          mma16816<Elem>(acc[nt], af, bf[0], bf[1]);
+          mma16816<Elem>(acc[nt + 1], af, bf[2], bf[3]);
+        }
+        if constexpr (NT % 2 == 1) {
+          constexpr int nt = NT - 1;
+          uint32_t bf[2];
+          const int l = lane & 15, qq = l >> 3, rr = l & 7;
+          if constexpr (kB == BKind::kNK) {
+            ldmatrix_x2(bf, bs + (nt * 8 + rr) * ldb + ks * 16 + qq * 8);
+          } else {
+            ldmatrix_x2_trans(bf, bs + (ks * 16 + rr + qq * 8) * ldb + nt * 8);
+          }
+          mma16816<Elem>(acc[nt], af, bf[0], bf[1]);
         }
       }
     }
@@ -265,25 +259,27 @@ __device__ __forceinline__ void zero(float (&acc)[NT][4]) {
 
 // ---- tile loads ----------------------------------------------------------------------------------------
 
-// Issues the loads of a rows x cols tile into shared memory (row stride lds elements):
-// element (r, c) = src[r*ld_src + c] for r < rows_valid and c < cols_valid, else 0. cols and
-// cols_valid are multiples of 16 bytes. With `vec` (16-byte aligned rows) the copies are
+// Issues the loads of a kRows x kCols tile into shared memory (row stride lds elements) by kThreads
+// threads: element (r, c) = src[r*ld_src + c] for r < rows_valid and c < cols_valid, else 0. kCols
+// and cols_valid are multiples of 16 bytes. With `vec` (16-byte aligned rows) the copies are
 // asynchronous (cp.async, completed by cp_async_wait); otherwise they are plain loads and stores.
-template <typename Elem>
-__device__ __forceinline__ void load_tile(Elem* dst, int lds, const Elem* src, int64_t ld_src, int rows, int cols,
-                                          int rows_valid, int cols_valid, bool vec, int tid, int nthreads) {
+template <typename Elem, int kRows, int kCols, int kThreadCount>
+__device__ __forceinline__ void load_tile(Elem* dst, int lds, const Elem* src, int64_t ld_src, int rows_valid,
+                                          int cols_valid, bool vec, int tid) {
   constexpr int kPer = 16 / sizeof(Elem);
-  const int chunks_per_row = cols / kPer;
-  const int n_chunks = rows * chunks_per_row;
+  constexpr int kChunksPerRow = kCols / kPer;
+  constexpr int kChunks = kRows * kChunksPerRow;
+  static_assert(kCols % kPer == 0, "tile rows are whole 16-byte chunks");
   if (vec) {
-    for (int ci = tid; ci < n_chunks; ci += nthreads) {
-      const int r = ci / chunks_per_row, c = (ci - r * chunks_per_row) * kPer;
+#pragma unroll
+    for (int ci = tid; ci < kChunks; ci += kThreadCount) {
+      const int r = ci / kChunksPerRow, c = (ci % kChunksPerRow) * kPer;
       const bool valid = r < rows_valid && c < cols_valid;
       cp_async16(dst + r * lds + c, valid ? src + r * ld_src + c : src, valid);
     }
   } else {
-    for (int ci = tid; ci < n_chunks; ci += nthreads) {
-      const int r = ci / chunks_per_row, c = (ci - r * chunks_per_row) * kPer;
+    for (int ci = tid; ci < kChunks; ci += kThreadCount) {
+      const int r = ci / kChunksPerRow, c = (ci % kChunksPerRow) * kPer;
       const bool valid = r < rows_valid && c < cols_valid;
 #pragma unroll
       for (int e = 0; e < kPer; ++e) dst[r * lds + c + e] = valid ? src[r * ld_src + c + e] : from_float<Elem>(0.f);

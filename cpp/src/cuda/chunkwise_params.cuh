@@ -10,8 +10,10 @@ namespace mlstm::cuda::chunkwise {
 
 constexpr int kT = 64;        // tokens per chunk tile (the intra-chunk parallel part)
 constexpr int kTK = 64;       // head-dim tile of the loops over DHQK / DHHV
-constexpr int kWarps = 8;
+constexpr int kWarps = 8;     // the score kernels
 constexpr int kThreads = kWarps * 32;
+constexpr int kWalkWarps = 16;  // the walks: four warps per scheduler hide the latency of the tile loads
+constexpr int kWalkThreads = kWalkWarps * 32;
 
 // Shared-memory row padding: 16 bytes, so that ldmatrix rows and SIMT column walks avoid bank conflicts.
 template <typename Elem>

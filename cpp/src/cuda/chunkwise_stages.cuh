@@ -76,11 +76,11 @@ __device__ void score_products(float (&acc)[4][4], const SeqView& X, const SeqVi
   auto issue = [&](int j) {
     const int cols_valid = min(kTK, D - j * kTK);
     const int s = j & 1;
-    load_tile(tile(s, 0), ldE, X.row<Elem>(b, h, t0) + j * kTK, X.st, kT, kTK, Tc, cols_valid, X.vec, tid, kThreads);
-    load_tile(tile(s, 1), ldE, Y.row<Elem>(b, h, t0) + j * kTK, Y.st, kT, kTK, Tc, cols_valid, Y.vec, tid, kThreads);
+    load_tile<Elem, kT, kTK, kThreads>(tile(s, 0), ldE, X.row<Elem>(b, h, t0) + j * kTK, X.st, Tc, cols_valid, X.vec, tid);
+    load_tile<Elem, kT, kTK, kThreads>(tile(s, 1), ldE, Y.row<Elem>(b, h, t0) + j * kTK, Y.st, Tc, cols_valid, Y.vec, tid);
     if (Z != nullptr)
-      load_tile(tile(s, 2), ldE, Z->row<Elem>(b, h, t0) + j * kTK, Z->st, kT, kTK, Tc, cols_valid, Z->vec, tid,
-                kThreads);
+      load_tile<Elem, kT, kTK, kThreads>(tile(s, 2), ldE, Z->row<Elem>(b, h, t0) + j * kTK, Z->st, Tc, cols_valid,
+                                         Z->vec, tid);
   };
   issue(0);
   cp_async_commit();
@@ -91,7 +91,7 @@ __device__ void score_products(float (&acc)[4][4], const SeqView& X, const SeqVi
     __syncthreads();
     const Elem* xs = tile(j & 1, 0);
     const Elem* ys = tile(j & 1, 1);
-    warp_mma<Elem, 4, AKind::kRow, BKind::kNK>(acc, xs + 16 * rb * ldE, ldE, ys + 32 * ch * ldE, ldE, kTK / 16, 4);
+    warp_mma<Elem, 4, kTK / 16, AKind::kRow, BKind::kNK>(acc, xs + 16 * rb * ldE, ldE, ys + 32 * ch * ldE, ldE);
     if (Z != nullptr) {
       const Elem* zs = tile(j & 1, 2);
       const int row = tid >> 2, c0 = (tid & 3) * 16;
@@ -114,8 +114,10 @@ enum WalkScalar {
   kMRow,      // forward: m_t
   kRowSum,    // forward: row sum of the intra matrix
   kQN,        // forward: q_t . n_k
-  kDot0,      // the output . partner row sums of the two column halves
+  kDot0,      // the output . partner row sums of the (up to four) column groups
   kDot1,
+  kDot2,
+  kDot3,
   kNumScalars
 };
 
@@ -145,9 +147,25 @@ struct WalkSmem {
     St = take(&o, size_t(DB_s) * ldS * sizeof(float));
     nvec = take(&o, size_t(DA_pad) * sizeof(float));
     srow = take(&o, size_t(DB_s) * sizeof(float));
-    scal = take(&o, size_t(kNumScalars) * kT * sizeof(float) + 16 * sizeof(float));
+    scal = take(&o, size_t(kNumScalars) * kT * sizeof(float) + kWalkWarps * sizeof(float));
     bytes = o;
   }
+};
+
+// The work split of a walk block with value slice DBs (compile time), kWalkWarps warps:
+//   output tile (kT x DBs): warp w owns rows 16*(w%4).. and column group w/4 (kOutCG groups);
+//   state update (DBs x kTK per head-dim tile): row block w%kUpdRB, column group w/kUpdRB.
+// Warps past the groups idle in that product (only for DBs = 16).
+template <int DBs>
+struct WalkGeom {
+  static_assert(DBs == 16 || DBs == 32 || DBs == 64 || DBs == 128, "value slice");
+  static constexpr int kOutCG = DBs >= 32 ? 4 : 2;
+  static constexpr int kOutCols = DBs / kOutCG;
+  static constexpr int kNTo = kOutCols / 8;
+  static constexpr int kUpdRB = DBs / 16;
+  static constexpr int kUpdCG = kWalkWarps / kUpdRB < kTK / 8 ? kWalkWarps / kUpdRB : kTK / 8;
+  static constexpr int kUpdCols = kTK / kUpdCG;
+  static constexpr int kNTu = kUpdCols / 8;
 };
 
 // Token values of one chunk held in registers until the chunk starts (loaded one chunk ahead).
@@ -259,7 +277,7 @@ __device__ inline void walk_load_state(const WalkParams& p, const WalkStart& fro
                                        int dbw, float* St, int ldS, int DB_s, int DA_pad, float* nvec, float* srow) {
   const int tid = threadIdx.x;
   const bool natural = state_is_natural(p.mode);
-  for (int idx = tid; idx < DB_s * DA_pad; idx += kThreads) {
+  for (int idx = tid; idx < DB_s * DA_pad; idx += kWalkThreads) {
     // natural: da fastest (contiguous in global memory); transposed: db fastest.
     const int db = natural ? idx / DA_pad : idx % DB_s;
     const int da = natural ? idx % DA_pad : idx / DB_s;
@@ -271,10 +289,10 @@ __device__ inline void walk_load_state(const WalkParams& p, const WalkStart& fro
     St[db * ldS + da] = x;
   }
   if (p.mode == WalkMode::kFwd) {
-    for (int da = tid; da < DA_pad; da += kThreads)
+    for (int da = tid; da < DA_pad; da += kWalkThreads)
       nvec[da] = (from.aug.data != nullptr && da < p.DA) ? from.aug.row<float>(b, h, 0)[da] : 0.f;
   }
-  for (int db = tid; db < DB_s; db += kThreads)
+  for (int db = tid; db < DB_s; db += kWalkThreads)
     srow[db] = (from.aug.data != nullptr && natural && db < dbw) ? from.aug.row<float>(b, h, 0)[db0 + db] : 0.f;
 }
 
@@ -295,7 +313,7 @@ __device__ inline WalkStart segment_view(const SegmentStates& s, int seg, int64_
   return v;
 }
 
-// Block-wide sum; every thread returns the total. `tmp` holds kWarps floats.
+// Block-wide sum; every thread returns the total. `tmp` holds kWalkWarps floats.
 __device__ inline float block_sum(float v, float* tmp) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
@@ -305,7 +323,7 @@ __device__ inline float block_sum(float v, float* tmp) {
   __syncthreads();
   float total = 0.f;
 #pragma unroll
-  for (int w = 0; w < kWarps; ++w) total += tmp[w];
+  for (int w = 0; w < kWalkWarps; ++w) total += tmp[w];
   return total;
 }
 
@@ -330,7 +348,7 @@ __device__ inline void walk_finish(const WalkParams& p, const WalkEnd& e, int64_
   const int64_t BNH = p.BNH;
   if (e.state_out.data != nullptr) {
     float* X = e.state_out.data + e.state_out.offset(b, h);
-    for (int idx = tid; idx < dbw * p.DA; idx += kThreads) {
+    for (int idx = tid; idx < dbw * p.DA; idx += kWalkThreads) {
       const int db = natural ? idx / p.DA : idx % dbw;
       const int da = natural ? idx % p.DA : idx / dbw;
       const float x = St[db * ldS + da];
@@ -342,17 +360,17 @@ __device__ inline void walk_finish(const WalkParams& p, const WalkEnd& e, int64_
   }
   if (p.mode == WalkMode::kFwd && slice == 0) {
     if (e.aug_out.data != nullptr)
-      for (int da = tid; da < p.DA; da += kThreads) e.aug_out.mut_row<float>(b, h, 0)[da] = nvec[da];
+      for (int da = tid; da < p.DA; da += kWalkThreads) e.aug_out.mut_row<float>(b, h, 0)[da] = nvec[da];
     if (e.m_out.data != nullptr && tid == 0) *e.m_out.mut_row<float>(b, h, 0) = m_final;
   }
   if (p.mode == WalkMode::kDk && e.aug_out.data != nullptr)
-    for (int db = tid; db < dbw; db += kThreads) e.aug_out.mut_row<float>(b, h, 0)[db0 + db] = srow[db];
+    for (int db = tid; db < dbw; db += kWalkThreads) e.aug_out.mut_row<float>(b, h, 0)[db0 + db] = srow[db];
   if (e.g_out != nullptr && slice == 0 && tid == 0) e.g_out[bh] = g_total;
   if (e.end_part != nullptr) {
     float part = 0.f;
     if (e.state_dot.data != nullptr) {
       const float* X = e.state_dot.data + e.state_dot.offset(b, h);
-      for (int idx = tid; idx < dbw * p.DA; idx += kThreads) {
+      for (int idx = tid; idx < dbw * p.DA; idx += kWalkThreads) {
         const int db = natural ? idx / p.DA : idx % dbw;
         const int da = natural ? idx % p.DA : idx / dbw;
         const float x = natural ? X[int64_t(db0 + db) * e.state_dot.s_row + da] : X[int64_t(da) * e.state_dot.s_row + db0 + db];
@@ -360,7 +378,7 @@ __device__ inline void walk_finish(const WalkParams& p, const WalkEnd& e, int64_
       }
     }
     if (e.aug_dot.data != nullptr)
-      for (int db = tid; db < dbw; db += kThreads) part += srow[db] * e.aug_dot.row<float>(b, h, 0)[db0 + db];
+      for (int db = tid; db < dbw; db += kWalkThreads) part += srow[db] * e.aug_dot.row<float>(b, h, 0)[db0 + db];
     const float total = block_sum(part, tmp);
     if (tid == 0) e.end_part[int64_t(slice) * BNH + bh] = total;
   }
