@@ -67,15 +67,36 @@ size_t walk_smem(mlstm_dtype dtype, int DA, int DB_s) {
   }
 }
 
-// One walk's work split: value slice width per block and the number of slices.
+// One walk's work split: value slice width per block and the number of slices; kw > 0 selects the
+// register walk (kw contraction columns per warp, kp parts of the contraction).
 struct WalkSplit {
-  int DB_s = 0, n_slices = 0;
+  int DB_s = 0, n_slices = 0, kw = 0, kp = 1;
   size_t smem = 0;
 };
+
+// The register walk (chunkwise_walk_reg.cuh) for 16-bit inputs when its shapes fit: DA <= 256 with
+// 128-column value slices, or DA <= 512 in two contraction parts with 64-column slices.
+bool pick_reg_split(mlstm_dtype dtype, int DA, int DB, int smem_limit, WalkSplit* split) {
+  if (dtype != MLSTM_FLOAT16 && dtype != MLSTM_BFLOAT16) return false;
+  WalkSplit s;
+  if (DA <= 256 && DB % 128 == 0) {
+    s.DB_s = 128, s.kp = 1, s.kw = DA <= 64 ? 64 : DA <= 128 ? 128 : 256;
+  } else if (DA <= 512 && DB % 64 == 0) {
+    s.DB_s = 64, s.kp = 2, s.kw = 256;
+  } else {
+    return false;
+  }
+  s.smem = reg_walk_smem_bytes(s.DB_s, s.kp, s.kw, dtype == MLSTM_FLOAT32 ? 4 : 2);
+  if (s.smem > size_t(smem_limit)) return false;
+  s.n_slices = DB / s.DB_s;
+  *split = s;
+  return true;
+}
 
 // The widest value slice (128, 64, 32 or 16 columns) that divides the value dimension and whose
 // state and tiles fit in shared memory: wider slices re-read the A/Bk tiles fewer times.
 mlstm_status pick_split(mlstm_dtype dtype, int DA, int DB, int smem_limit, WalkSplit* split) {
+  if (pick_reg_split(dtype, DA, DB, smem_limit, split)) return MLSTM_OK;
   for (int DB_s = 128; DB_s >= 16; DB_s /= 2) {
     if (DB % DB_s != 0) continue;
     const size_t bytes = walk_smem(dtype, DA, DB_s);
@@ -271,6 +292,7 @@ WalkParams walk_common(const P& p, const Plan& plan, WalkMode mode, const WalkSp
   w.DA = int(over_qk ? p.DHQK : p.DHHV);
   w.DB = int(over_qk ? p.DHHV : p.DHQK);
   w.DB_s = split.DB_s;
+  w.reg_kw = split.kw;
   w.qk_scale = p.qk_scale;
   w.eps = p.eps;
   w.m_in = vec_view(p.m_initial);

@@ -22,5 +22,10 @@ template <typename Elem>
 mlstm_status launch_walk(const WalkParams& p, int n_slices, int n_segments, size_t smem_bytes, cudaStream_t stream);
 template <typename Elem>
 size_t walk_smem_bytes(int DA, int DB_s);
+// The register walk (16-bit types; p.reg_kw > 0).
+template <typename Elem>
+mlstm_status launch_reg_walk(const WalkParams& p, int n_slices, int n_segments, size_t smem_bytes, cudaStream_t stream);
+// Shared memory of the register walk with value slice DB_s, kp contraction parts of kw columns.
+size_t reg_walk_smem_bytes(int DB_s, int kp, int kw, int elem_bytes);
 
 }  // namespace mlstm::cuda::chunkwise

@@ -109,6 +109,7 @@ struct WalkParams {
   bool state_only = false;
   SegmentStates seg_start, seg_delta;
   int DA = 0, DB = 0, DB_s = 0;  // contraction dim, value dim, value slice per block
+  int reg_kw = 0;  // > 0: the walk keeps its state in registers, reg_kw contraction columns per warp
   float qk_scale = 1.f, eps = 1e-6f;
   SeqView A, Bk, V, out, partner;  // partner: the tensor dotted with the output (q for dq, k for dk)
   const void* M = nullptr;         // (B*NH, NC, kT, kT) Elem

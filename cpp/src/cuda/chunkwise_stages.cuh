@@ -114,10 +114,15 @@ enum WalkScalar {
   kMRow,      // forward: m_t
   kRowSum,    // forward: row sum of the intra matrix
   kQN,        // forward: q_t . n_k
-  kDot0,      // the output . partner row sums of the (up to four) column groups
+  kDot0,      // the output . partner row sums of the (up to eight) column or row groups
   kDot1,
   kDot2,
   kDot3,
+  kDot4,
+  kDot5,
+  kDot6,
+  kDot7,
+  kInv,       // forward: 1 / (max(|den_t|, exp(-m_t)) + eps)
   kNumScalars
 };
 
@@ -313,7 +318,8 @@ __device__ inline WalkStart segment_view(const SegmentStates& s, int seg, int64_
   return v;
 }
 
-// Block-wide sum; every thread returns the total. `tmp` holds kWalkWarps floats.
+// Block-wide sum over kW warps; every thread returns the total. `tmp` holds kW floats.
+template <int kW = kWalkWarps>
 __device__ inline float block_sum(float v, float* tmp) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
@@ -323,7 +329,7 @@ __device__ inline float block_sum(float v, float* tmp) {
   __syncthreads();
   float total = 0.f;
 #pragma unroll
-  for (int w = 0; w < kWalkWarps; ++w) total += tmp[w];
+  for (int w = 0; w < kW; ++w) total += tmp[w];
   return total;
 }
 

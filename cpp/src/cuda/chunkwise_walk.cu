@@ -21,10 +21,14 @@ mlstm_status launch_walk_slice(const WalkParams& p, int n_slices, int n_segments
   MLSTM_CUDA_CHECK_LAUNCH("chunkwise_walk_kernel");
   return MLSTM_OK;
 }
+
 }  // namespace
 
 template <typename Elem>
 mlstm_status launch_walk(const WalkParams& p, int n_slices, int n_segments, size_t smem_bytes, cudaStream_t stream) {
+  if constexpr (!std::is_same_v<Elem, float>) {
+    if (p.reg_kw > 0) return launch_reg_walk<Elem>(p, n_slices, n_segments, smem_bytes, stream);
+  }
   switch (p.DB_s) {
     case 128: return launch_walk_slice<Elem, 128>(p, n_slices, n_segments, smem_bytes, stream);
     case 64: return launch_walk_slice<Elem, 64>(p, n_slices, n_segments, smem_bytes, stream);

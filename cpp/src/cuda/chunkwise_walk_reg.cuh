@@ -1,0 +1,459 @@
+// The register walk: the chunkwise walk (chunkwise_kernels.cuh, same four modes and the same math)
+// with the state slice held in registers, in the mma.sync accumulator layout, for the whole walk.
+//
+// Each warp owns 16 rows of the state slice (value index) and KW columns of the contraction:
+//   warp w: row group rg = w % (DBs/16), contraction part kp = w / (DBs/16);
+//   st[n][e] = S^T(row 16 rg + g + 8 (e >> 1), column kp KW + 8 n + 2 t + (e & 1)).
+// Because an accumulator tile pair is exactly an A-operand fragment, the inter-chunk product is taken
+// transposed, out^T = S^T A^T, with the state as the A operand straight from registers; the update
+// S^T = alpha S^T + V~^T Bk accumulates into the same registers. No state byte moves through shared
+// memory, and no barrier separates the warps' products. Parts of the contraction (KP > 1) add their
+// partial outputs through shared memory before the epilogue. The output tile is staged in shared
+// memory and stored with 16-byte writes.
+#pragma once
+
+#include "cuda/chunkwise_kernels.cuh"  // the shared helpers (scale16, dot8) and stages
+
+namespace mlstm::cuda::chunkwise {
+
+template <int DBs, int KP, int KW>
+struct RegGeom {
+  static constexpr int kRG = DBs / 16;
+  static constexpr int kWarpCount = kRG * KP;
+  static constexpr int kThreadCount = kWarpCount * 32;
+  static constexpr int kNT = KW / 8;       // state n-tiles per warp
+  static constexpr int kSteps = KW / kTK;  // contraction tiles per part
+  static_assert(kWarpCount == 8, "the register walk runs 8 warps");
+  static_assert(KW % kTK == 0 && KW <= 256, "contraction columns per warp");
+};
+
+// Shared memory of one register-walk block, in bytes from the start of the dynamic buffer.
+template <typename Elem, int DBs, int KP, int KW>
+struct RegSmem {
+  static constexpr int ldE = kTK + kPad<Elem>, ldT = kT + kPad<Elem>, ldV = DBs + kPad<Elem>;
+  size_t ring = 0, M = 0, V = 0, Vw = 0, O = 0, X = 0, nvec = 0, srow = 0, scal = 0, bytes = 0;
+  __host__ __device__ RegSmem() {
+    size_t o = 0;
+    ring = WalkSmem<Elem>::take(&o, size_t(2) * KP * 2 * kT * ldE * sizeof(Elem));  // 2 stages x parts x (A, Bk)
+    M = WalkSmem<Elem>::take(&o, size_t(kT) * ldT * sizeof(Elem));
+    V = WalkSmem<Elem>::take(&o, size_t(kT) * ldV * sizeof(Elem));
+    Vw = WalkSmem<Elem>::take(&o, size_t(kT) * ldV * sizeof(Elem));
+    O = WalkSmem<Elem>::take(&o, size_t(kT) * ldV * sizeof(Elem));
+    X = WalkSmem<Elem>::take(&o, size_t(KP - 1) * DBs * kT * sizeof(float));
+    nvec = WalkSmem<Elem>::take(&o, size_t(2) * KP * KW * sizeof(float));  // n_k and n_{k+1}
+    srow = WalkSmem<Elem>::take(&o, size_t(DBs) * sizeof(float));
+    scal = WalkSmem<Elem>::take(&o, size_t(kNumScalars) * kT * sizeof(float) + kWalkWarps * sizeof(float));
+    bytes = o;
+  }
+};
+
+// Sum over lanes that differ only in the bits of g (lane / 4): the 8 rows of an accumulator tile.
+__device__ __forceinline__ float row_group_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 4);
+  v += __shfl_xor_sync(0xffffffffu, v, 8);
+  v += __shfl_xor_sync(0xffffffffu, v, 16);
+  return v;
+}
+
+template <typename Elem, int DBs, int KP, int KW>
+__global__ void __launch_bounds__(RegGeom<DBs, KP, KW>::kThreadCount, 1) chunkwise_walk_reg_kernel(const WalkParams p) {
+  using G = RegGeom<DBs, KP, KW>;
+  using L = RegSmem<Elem, DBs, KP, KW>;
+  constexpr int NT = G::kThreadCount;
+  constexpr int kPer = 16 / int(sizeof(Elem));
+  constexpr int ldE = L::ldE, ldT = L::ldT, ldV = L::ldV;
+  const WalkMode mode = p.mode;
+  const bool reverse = mode == WalkMode::kDv || mode == WalkMode::kDk;
+  const bool is_fwd = mode == WalkMode::kFwd;
+  const bool has_aug = mode == WalkMode::kDq || mode == WalkMode::kDk;
+  const bool split_state = has_aug;
+  const int slice = blockIdx.x;
+  const int64_t bh = blockIdx.y, b = bh / p.NH, h = bh % p.NH;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t4 = lane & 3, q = lane >> 3, r = lane & 7;
+  const int rg = warp % G::kRG, kp = warp / G::kRG;
+  const int NC = int(p.NC);
+
+  const L lay;
+  unsigned char* smem = dynamic_smem();
+  Elem* ring = reinterpret_cast<Elem*>(smem + lay.ring);
+  Elem* sM = reinterpret_cast<Elem*>(smem + lay.M);
+  Elem* sV = reinterpret_cast<Elem*>(smem + lay.V);
+  Elem* sVw = reinterpret_cast<Elem*>(smem + lay.Vw);
+  Elem* sO = reinterpret_cast<Elem*>(smem + lay.O);
+  float* xch = reinterpret_cast<float*>(smem + lay.X);
+  float* nvec_cur = reinterpret_cast<float*>(smem + lay.nvec);
+  float* nvec_nxt = nvec_cur + KP * KW;
+  float* srow = reinterpret_cast<float*>(smem + lay.srow);
+  float* scal = reinterpret_cast<float*>(smem + lay.scal);
+  float* tmp = scal + kNumScalars * kT;
+
+  const int db0 = slice * DBs;
+  const bool natural = state_is_natural(mode);
+  const int DHQK = natural ? p.DB : p.DA, DHHV = natural ? p.DA : p.DB;
+
+  const int seg = int(blockIdx.z) + p.seg_offset;
+  const int c_begin = seg * p.seg_chunks;
+  const int n_it = min(NC, c_begin + p.seg_chunks) - c_begin;
+  const bool starts_walk = reverse ? seg == p.n_seg - 1 : seg == 0;
+  const bool ends_walk = reverse ? seg == 0 : seg == p.n_seg - 1;
+  const bool outputs = !p.state_only;
+
+  // The state slice in registers, and the element each register holds.
+  float st[G::kNT][4];
+  auto st_row = [&](int e) { return db0 + 16 * rg + g + 8 * (e >> 1); };          // value index
+  auto st_col = [&](int n, int e) { return kp * KW + 8 * n + 2 * t4 + (e & 1); };  // contraction index
+
+  WalkStart from;
+  if (!p.state_only) {
+    if (starts_walk) {
+      from.state = p.state_in, from.aug = p.aug_in, from.m = p.m_in;
+    } else {
+      from = segment_view(p.seg_start, seg, p.BNH, p.NH, DHQK, DHHV);
+    }
+  }
+  {
+    const float* X = from.state.data != nullptr ? from.state.data + from.state.offset(b, h) : nullptr;
+#pragma unroll
+    for (int n = 0; n < G::kNT; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int v = st_row(e), d = st_col(n, e);
+        float x = 0.f;
+        if (X != nullptr && d < p.DA)
+          x = natural ? X[int64_t(v) * from.state.s_row + d] : X[int64_t(d) * from.state.s_row + v];
+        st[n][e] = x;
+      }
+    }
+    if (is_fwd)
+      for (int da = tid; da < KP * KW; da += NT)
+        nvec_cur[da] = (from.aug.data != nullptr && da < p.DA) ? from.aug.row<float>(b, h, 0)[da] : 0.f;
+    for (int db = tid; db < DBs; db += NT)
+      srow[db] = (from.aug.data != nullptr && natural) ? from.aug.row<float>(b, h, 0)[db0 + db] : 0.f;
+  }
+  double m_k = from.m.data != nullptr ? *from.m.row<float>(b, h, 0) : (p.state_only ? -INFINITY : 0.0);
+  const double m_initial = p.m_in.data != nullptr ? *p.m_in.row<float>(b, h, 0) : 0.0;
+  double g_total = 0.0;
+
+  auto chunk_at = [&](int it) { return reverse ? c_begin + n_it - 1 - it : c_begin + it; };
+  auto a_tile = [&](int slot, int part) { return ring + ((slot * KP + part) * 2) * kT * ldE; };
+  auto b_tile = [&](int slot, int part) { return ring + ((slot * KP + part) * 2 + 1) * kT * ldE; };
+  auto issue_ab = [&](int k, int jj, int slot) {
+    const int64_t t0 = int64_t(k) * kT;
+    const int Tc = chunk_len(p.S, t0, kT);
+#pragma unroll
+    for (int part = 0; part < KP; ++part) {
+      const int col = part * KW + jj * kTK;
+      const int cols_valid = min(kTK, p.DA - col);
+      if (outputs)
+        load_tile<Elem, kT, kTK, NT>(a_tile(slot, part), ldE, p.A.row<Elem>(b, h, t0) + col, p.A.st, Tc, cols_valid,
+                                     p.A.vec, tid);
+      load_tile<Elem, kT, kTK, NT>(b_tile(slot, part), ldE, p.Bk.row<Elem>(b, h, t0) + col, p.Bk.st, Tc, cols_valid,
+                                   p.Bk.vec, tid);
+    }
+  };
+  auto issue_mv = [&](int k) {
+    const int64_t t0 = int64_t(k) * kT;
+    const int Tc = chunk_len(p.S, t0, kT);
+    if (outputs)
+      load_tile<Elem, kT, kT, NT>(sM, ldT, static_cast<const Elem*>(p.M) + (bh * p.NC + k) * kT * kT, kT, kT, kT,
+                                  true, tid);
+    load_tile<Elem, kT, DBs, NT>(sV, ldV, p.V.row<Elem>(b, h, t0) + db0, p.V.st, Tc, DBs, p.V.vec, tid);
+  };
+
+  int slot = 0;
+  issue_mv(chunk_at(0));
+  issue_ab(chunk_at(0), 0, slot);
+  cp_async_commit();
+  ChunkTokens next = load_chunk_tokens(p, bh, chunk_at(0));
+
+  for (int it = 0; it < n_it; ++it) {
+    const int k = chunk_at(it);
+    const int64_t t0 = int64_t(k) * kT;
+    const int Tc = chunk_len(p.S, t0, kT);
+    const ChunkTokens tk = next;
+    if (!is_fwd) m_k = k == 0 ? m_initial : double(tk.m_prev);
+    double m_k1;
+    const float alpha = walk_chunk_scalars(p, tk, Tc, m_k, &m_k1, scal);
+    if (it + 1 < n_it) next = load_chunk_tokens(p, bh, chunk_at(it + 1));
+    cp_async_wait<0>();
+    __syncthreads();
+
+    // V~ = value rows weighted for the state update.
+    for (int idx = tid; idx < kT * DBs / kPer; idx += NT) {
+      const int rr = idx / (DBs / kPer), c = (idx % (DBs / kPer)) * kPer;
+      scale16<Elem>(sVw + rr * ldV + c, sV + rr * ldV + c, scal[kValueW * kT + rr]);
+    }
+
+    float oacc[8][4];  // out^T: rows of this warp x the chunk's 64 tokens (inter-chunk part)
+    zero(oacc);
+    float qn = 0.f;
+    for (int jj = 0; jj < G::kSteps; ++jj) {
+      cp_async_wait<0>();
+      __syncthreads();
+      if (jj + 1 < G::kSteps)
+        issue_ab(k, jj + 1, slot ^ 1);
+      else if (it + 1 < n_it)
+        issue_ab(chunk_at(it + 1), 0, slot ^ 1);
+      cp_async_commit();
+      const Elem* As = a_tile(slot, kp);
+      const Elem* Bs = b_tile(slot, kp);
+      if (outputs) {
+        // out^T += S^T(:, this tile) A^T: the state (old, before this chunk's update) is the A operand.
+#pragma unroll
+        for (int ks = 0; ks < kTK / 16; ++ks) {
+          const int n0 = jj * 8 + 2 * ks;
+          uint32_t af[4];
+          af[0] = pack2<Elem>(st[n0][0], st[n0][1]);
+          af[1] = pack2<Elem>(st[n0][2], st[n0][3]);
+          af[2] = pack2<Elem>(st[n0 + 1][0], st[n0 + 1][1]);
+          af[3] = pack2<Elem>(st[n0 + 1][2], st[n0 + 1][3]);
+          uint32_t al[4];
+          if (split_state) {
+            // The walks that feed the gate gradients take the state at fp32 accuracy (hi + lo parts).
+            const float2 h0 = unpack2<Elem>(af[0]), h1 = unpack2<Elem>(af[1]);
+            const float2 h2 = unpack2<Elem>(af[2]), h3 = unpack2<Elem>(af[3]);
+            al[0] = pack2<Elem>(st[n0][0] - h0.x, st[n0][1] - h0.y);
+            al[1] = pack2<Elem>(st[n0][2] - h1.x, st[n0][3] - h1.y);
+            al[2] = pack2<Elem>(st[n0 + 1][0] - h2.x, st[n0 + 1][1] - h2.y);
+            al[3] = pack2<Elem>(st[n0 + 1][2] - h3.x, st[n0 + 1][3] - h3.y);
+          }
+#pragma unroll
+          for (int np = 0; np < 4; ++np) {
+            uint32_t bf[4];
+            ldmatrix_x4(bf, As + (16 * np + r + (q >> 1) * 8) * ldE + ks * 16 + (q & 1) * 8);
+            mma16816<Elem>(oacc[2 * np], af, bf[0], bf[1]);
+            mma16816<Elem>(oacc[2 * np + 1], af, bf[2], bf[3]);
+            if (split_state) {
+              mma16816<Elem>(oacc[2 * np], al, bf[0], bf[1]);
+              mma16816<Elem>(oacc[2 * np + 1], al, bf[2], bf[3]);
+            }
+          }
+        }
+        if (is_fwd) {
+          // q_t . n_k over this step's columns of every part.
+          constexpr int kTPR = NT / kT;               // threads per row
+          constexpr int kCols = KP * kTK / kTPR;      // columns per thread
+          const int row = tid / kTPR, c0 = (tid % kTPR) * kCols;
+#pragma unroll
+          for (int c = c0; c < c0 + kCols; c += 8) {
+            const int part = c / kTK, cc = c % kTK;
+            qn += dot8<Elem>(a_tile(slot, part) + row * ldE + cc, nvec_cur + part * KW + jj * kTK + cc);
+          }
+        }
+      }
+      // S^T(:, this tile) = alpha S^T + V~^T Bk.
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) st[jj * 8 + n][e] *= alpha;
+      }
+#pragma unroll
+      for (int ks = 0; ks < kT / 16; ++ks) {
+        uint32_t vf[4];
+        ldmatrix_x4_trans(vf, sVw + (ks * 16 + r + (q >> 1) * 8) * ldV + 16 * rg + (q & 1) * 8);
+#pragma unroll
+        for (int np = 0; np < 4; ++np) {
+          uint32_t bf[4];
+          ldmatrix_x4_trans(bf, Bs + (ks * 16 + r + (q & 1) * 8) * ldE + np * 16 + (q >> 1) * 8);
+          mma16816<Elem>(st[jj * 8 + 2 * np], vf, bf[0], bf[1]);
+          mma16816<Elem>(st[jj * 8 + 2 * np + 1], vf, bf[2], bf[3]);
+        }
+      }
+      if (is_fwd) {
+        // n_{k+1} = alpha n_k + sum_s w_s Bk_s over this step's columns of every part.
+        constexpr int kTPC = NT / (KP * kTK);  // threads per column
+        constexpr int kRows = kT / kTPC;
+        const int colx = tid / kTPC, r0 = (tid % kTPC) * kRows;
+        const int part = colx / kTK, cc = colx % kTK;
+        const Elem* bsp = b_tile(slot, part);
+        float s = 0.f;
+#pragma unroll 8
+        for (int rr = 0; rr < kRows; ++rr) s += scal[kValueW * kT + r0 + rr] * to_float(bsp[(r0 + rr) * ldE + cc]);
+#pragma unroll
+        for (int o = 1; o < kTPC; o <<= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (tid % kTPC == 0) {
+          const int idx = part * KW + jj * kTK + cc;
+          nvec_nxt[idx] = fmaf(alpha, nvec_cur[idx], s);
+        }
+      }
+      slot ^= 1;
+    }
+
+    // Partial inter products of the other contraction parts join part 0.
+    if (KP > 1 && outputs) {
+      if (kp > 0) {
+        float* x = xch + ((kp - 1) * G::kRG + rg) * (32 * 32);
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) x[(n * 4 + e) * 32 + lane] = oacc[n][e];
+      }
+      __syncthreads();
+      if (kp == 0) {
+#pragma unroll
+        for (int part = 1; part < KP; ++part) {
+          const float* x = xch + ((part - 1) * G::kRG + rg) * (32 * 32);
+#pragma unroll
+          for (int n = 0; n < 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) oacc[n][e] += x[(n * 4 + e) * 32 + lane];
+        }
+      }
+    }
+    if (is_fwd && outputs) {
+      constexpr int kTPR = NT / kT;
+#pragma unroll
+      for (int o = 1; o < kTPR; o <<= 1) qn += __shfl_xor_sync(0xffffffffu, qn, o);
+      if (tid % kTPR == 0) scal[kQN * kT + tid / kTPR] = qn;
+    }
+    float aug_new = 0.f;  // this thread's column of sum_r aug_in_r V_r
+    if (has_aug && tid < DBs) {
+      for (int rr = 0; rr < kT; ++rr) aug_new += scal[kAugIn * kT + rr] * to_float(sV[rr * ldV + tid]);
+    }
+    __syncthreads();  // q.n visible
+    if (is_fwd && outputs && tid < kT) {
+      const float den = scal[kRowInter * kT + tid] * scal[kQN * kT + tid] + scal[kRowIntra * kT + tid] * scal[kRowSum * kT + tid];
+      scal[kInv * kT + tid] = 1.f / (fmaxf(fabsf(den), expf(-scal[kMRow * kT + tid])) + p.eps);
+      if (slice == 0 && p.m_out != nullptr && tid < Tc) {
+        p.m_out[bh * p.S + t0 + tid] = scal[kMRow * kT + tid];
+        p.den_out[bh * p.S + t0 + tid] = den;
+      }
+    }
+    __syncthreads();  // 1/d visible
+
+    // Intra-chunk part and the epilogue, by the warps of part 0, in two halves of 32 tokens.
+    if (outputs && kp == 0) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        float iacc[4][4];
+        zero(iacc);
+#pragma unroll
+        for (int ks = 0; ks < kT / 16; ++ks) {
+          uint32_t vf[4];  // A = V^T (value rows of this warp x tokens s)
+          ldmatrix_x4_trans(vf, sV + (ks * 16 + r + (q >> 1) * 8) * ldV + 16 * rg + (q & 1) * 8);
+#pragma unroll
+          for (int np = 0; np < 2; ++np) {
+            const int tb = 16 * (2 * half + np);
+            uint32_t bf[4];
+            if (!reverse)  // b(s, t) = M[t][s]
+              ldmatrix_x4(bf, sM + (tb + r + (q >> 1) * 8) * ldT + ks * 16 + (q & 1) * 8);
+            else  // b(s, t) = M[s][t]
+              ldmatrix_x4_trans(bf, sM + (ks * 16 + r + (q & 1) * 8) * ldT + tb + (q >> 1) * 8);
+            mma16816<Elem>(iacc[2 * np], vf, bf[0], bf[1]);
+            mma16816<Elem>(iacc[2 * np + 1], vf, bf[2], bf[3]);
+          }
+        }
+#pragma unroll
+        for (int n = 0; n < 4; ++n) {
+          const int nt = 4 * half + n;
+          float dsum[2] = {0.f, 0.f};
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int v = 16 * rg + g + 8 * (e >> 1), tt = 8 * nt + 2 * t4 + (e & 1);
+            const float ri = scal[kRowInter * kT + tt], rl = scal[kRowIntra * kT + tt];
+            const float inter = oacc[nt][e];
+            float rest = rl * iacc[n][e];
+            if (has_aug) rest = fmaf(scal[kAugOut * kT + tt], srow[v], rest);
+            float o = fmaf(ri, inter, rest);
+            if (is_fwd) o *= scal[kInv * kT + tt];
+            sO[tt * ldV + v] = from_float<Elem>(o);
+            if (p.partner.data != nullptr && tt < Tc) {
+              // q.dq (k.dk) for the gate gradients: the inter part is dotted with the partner scaled and
+              // rounded exactly as the other walk rounded it into its state update (V~).
+              const float pp = to_float(p.partner.row<Elem>(b, h, t0 + tt)[db0 + v]);
+              dsum[e & 1] = fmaf(round_to<Elem>(ri * pp), inter, fmaf(pp, rest, dsum[e & 1]));
+            }
+          }
+          if (p.partner.data != nullptr) {
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+              const float d = row_group_sum(dsum[c]);
+              if (g == 0) scal[(kDot0 + rg) * kT + 8 * nt + 2 * t4 + c] = d;
+            }
+          }
+        }
+      }
+    }
+    __syncthreads();  // sO and the row sums written; sM / sV free
+    if (it + 1 < n_it) issue_mv(chunk_at(it + 1));
+    cp_async_commit();
+    if (outputs) {
+      for (int idx = tid; idx < kT * DBs / kPer; idx += NT) {
+        const int rr = idx / (DBs / kPer), c = (idx % (DBs / kPer)) * kPer;
+        if (rr >= Tc) continue;
+        Elem* dst = p.out.mut_row<Elem>(b, h, t0 + rr) + db0 + c;
+        if (p.out.vec) {
+          *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(sO + rr * ldV + c);
+        } else {
+#pragma unroll
+          for (int e = 0; e < kPer; ++e) dst[e] = sO[rr * ldV + c + e];
+        }
+      }
+    }
+    if (has_aug && tid < DBs) srow[tid] = fmaf(alpha, srow[tid], aug_new);
+    if (outputs && p.dot_part != nullptr && tid < Tc) {
+      float d = 0.f;
+#pragma unroll
+      for (int c = 0; c < G::kRG; ++c) d += scal[(kDot0 + c) * kT + tid];
+      p.dot_part[(int64_t(slice) * p.BNH + bh) * p.S + t0 + tid] = d;
+    }
+    if (is_fwd) {
+      float* t_ = nvec_cur;
+      nvec_cur = nvec_nxt;
+      nvec_nxt = t_;
+      m_k = m_k1;
+    }
+    g_total += tk.g;
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+
+  // The walk's end: the state, the extra vector, m, and partial dot products with given states.
+  WalkEnd end;
+  if (p.state_only) {
+    const WalkStart d = segment_view(p.seg_delta, seg, p.BNH, p.NH, DHQK, DHHV);
+    end.state_out = d.state, end.aug_out = d.aug, end.m_out = d.m;
+    end.g_out = p.seg_delta.g + seg * p.BNH;
+  } else if (ends_walk) {
+    end.state_out = p.state_out, end.aug_out = p.aug_out, end.m_out = p.m_last;
+    end.state_dot = p.state_dot, end.aug_dot = p.aug_dot, end.end_part = p.end_part;
+  }
+  float part = 0.f;
+  {
+    float* Xo = end.state_out.data != nullptr ? end.state_out.data + end.state_out.offset(b, h) : nullptr;
+    const float* Xd = end.state_dot.data != nullptr ? end.state_dot.data + end.state_dot.offset(b, h) : nullptr;
+#pragma unroll
+    for (int n = 0; n < G::kNT; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int v = st_row(e), d = st_col(n, e);
+        if (d >= p.DA) continue;
+        if (Xo != nullptr) {
+          if (natural)
+            Xo[int64_t(v) * end.state_out.s_row + d] = st[n][e];
+          else
+            Xo[int64_t(d) * end.state_out.s_row + v] = st[n][e];
+        }
+        if (Xd != nullptr)
+          part += st[n][e] * (natural ? Xd[int64_t(v) * end.state_dot.s_row + d] : Xd[int64_t(d) * end.state_dot.s_row + v]);
+      }
+    }
+  }
+  if (is_fwd && slice == 0) {
+    if (end.aug_out.data != nullptr)
+      for (int da = tid; da < p.DA; da += NT) end.aug_out.mut_row<float>(b, h, 0)[da] = nvec_cur[da];
+    if (end.m_out.data != nullptr && tid == 0) *end.m_out.mut_row<float>(b, h, 0) = float(m_k);
+  }
+  if (mode == WalkMode::kDk && end.aug_out.data != nullptr)
+    for (int db = tid; db < DBs; db += NT) end.aug_out.mut_row<float>(b, h, 0)[db0 + db] = srow[db];
+  if (end.g_out != nullptr && slice == 0 && tid == 0) end.g_out[bh] = float(g_total);
+  if (end.end_part != nullptr) {
+    if (end.aug_dot.data != nullptr)
+      for (int db = tid; db < DBs; db += NT) part += srow[db] * end.aug_dot.row<float>(b, h, 0)[db0 + db];
+    const float total = block_sum<G::kWarpCount>(part, tmp);
+    if (tid == 0) end.end_part[int64_t(slice) * p.BNH + bh] = total;
+  }
+}
+
+}  // namespace mlstm::cuda::chunkwise
