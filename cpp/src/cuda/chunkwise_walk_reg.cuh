@@ -188,6 +188,8 @@ __global__ void __launch_bounds__(RegGeom<DBs, KP, KW>::kThreadCount, 1) chunkwi
     float oacc[8][4];  // out^T: rows of this warp x the chunk's 64 tokens (inter-chunk part)
     zero(oacc);
     float qn = 0.f;
+    // Unrolled: the step selects which state registers it touches, which must be compile-time indices.
+#pragma unroll
     for (int jj = 0; jj < G::kSteps; ++jj) {
       cp_async_wait<0>();
       __syncthreads();
