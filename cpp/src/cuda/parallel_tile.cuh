@@ -290,6 +290,7 @@ __global__ void __launch_bounds__(TileConfig<T>::kThreads, TileConfig<T>::kMinBl
   const uint32_t staging_off = ring_off + Cfg::kStages * Cfg::kSlotBytes;
   float* staging = reinterpret_cast<float*>(smem + staging_off) + warp * 16 * Cfg::kStagingRowFloats;
 
+  // X rows (prologue only).
   auto load_rows = [&](uint32_t dst_off, const T* base, int64_t stride_s, int64_t row0, int n_rows, int col0, int D) {
     for (int idx = tid; idx < n_rows * L::kUnitsPerRow; idx += Cfg::kThreads) {
       const int r = idx / L::kUnitsPerRow, u = idx % L::kUnitsPerRow;
@@ -305,14 +306,38 @@ __global__ void __launch_bounds__(TileConfig<T>::kThreads, TileConfig<T>::kMinBl
       }
     }
   };
-  auto issue = [&](int step) {
-    const int it = step / steps_per_tile, sub = step - it * steps_per_tile;
-    const int64_t col0 = int64_t(granule_of(it)) * kTile;
-    const uint32_t slot = ring_off + (step % Cfg::kStages) * Cfg::kSlotBytes;
-    if (sub < n_x_chunks) {
-      load_rows(slot, yb, p.y.stride_s, col0, kTile, sub * kChunk, Dx);
+  // Ring loads (kTile rows of one chunk): thread tid always moves 16-byte unit lu of rows
+  // lr + j kRowsPerPass, so its shared-memory offsets are one per-thread value plus constants
+  // (kRowsPerPass is a multiple of the swizzle period 8 on the 16-bit layout).
+  constexpr int kRowsPerPass = Cfg::kThreads / L::kUnitsPerRow;
+  static_assert(kTile % kRowsPerPass == 0 && (sizeof(T) == 4 || kRowsPerPass % 8 == 0), "ring load mapping");
+  const int lr = tid / L::kUnitsPerRow, lu = tid % L::kUnitsPerRow;
+  const uint32_t ring_lane = smem_base + L::offset(lr, lu * L::kUnitElems);
+  auto load_tile_rows = [&](uint32_t slot, const T* base, int64_t stride_s, int64_t row0, int col0, int D) {
+    const int col = col0 + lu * L::kUnitElems;
+    const int64_t row = row0 + lr;
+    const T* src = base + row * stride_s + col;
+#pragma unroll
+    for (int j = 0; j < kTile / kRowsPerPass; ++j) {
+      const bool valid = row + j * kRowsPerPass < p.S && col < D;
+      const T* s = valid ? src + j * kRowsPerPass * stride_s : base;
+      const uint32_t dst = ring_lane + slot + j * kRowsPerPass * L::kRowBytes;
+      if (p.vec_ok) {
+        cp_async_16(dst, s, valid);
+      } else {
+        copy_16_sync<T>(dst, s, valid);
+      }
+    }
+  };
+  // The ring is filled in step order: (tile it, sub-step sub) into slot `issue_slot`.
+  int issue_it = 0, issue_sub = 0, issue_slot = 0;
+  auto issue_next = [&]() {
+    const int64_t col0 = int64_t(granule_of(issue_it)) * kTile;
+    const uint32_t slot = ring_off + issue_slot * Cfg::kSlotBytes;
+    if (issue_sub < n_x_chunks) {
+      load_tile_rows(slot, yb, p.y.stride_s, col0, issue_sub * kChunk, Dx);
       constexpr int kTableUnits = kTile / 4;  // 16-byte units of one column table
-      if (sub == n_x_chunks - 1 && tid < 2 * kTableUnits) {  // the tile's column terms and addends
+      if (issue_sub == n_x_chunks - 1 && tid < 2 * kTableUnits) {  // the tile's column terms and addends
         const int a = tid / kTableUnits, u = tid % kTableUnits;
         const float* src = a == 0 ? p.col_term : p.col_add;
         if (src != nullptr)
@@ -320,17 +345,25 @@ __global__ void __launch_bounds__(TileConfig<T>::kThreads, TileConfig<T>::kMinBl
                       true);
       }
     } else {
-      load_rows(slot, zb, p.z.stride_s, col0, kTile, z0, Dz);
+      load_tile_rows(slot, zb, p.z.stride_s, col0, z0, Dz);
     }
+    if (++issue_sub == steps_per_tile) {
+      issue_sub = 0;
+      ++issue_it;
+    }
+    if (++issue_slot == Cfg::kStages) issue_slot = 0;
   };
   // One ring step: wait for its chunk, let every thread see it, refill the slot freed by the
-  // previous step, and return the step's slot.
+  // previous step, and return the step's slot. Steps are consumed in order.
+  int use_slot = 0;
   auto advance = [&](int step) {
     cp_async_wait<Cfg::kStages - 2>();
     __syncthreads();
-    if (step + Cfg::kStages - 1 < total_steps) issue(step + Cfg::kStages - 1);
+    if (step + Cfg::kStages - 1 < total_steps) issue_next();
     cp_async_commit();
-    return ring_off + (step % Cfg::kStages) * Cfg::kSlotBytes;
+    const uint32_t slot = ring_off + use_slot * Cfg::kSlotBytes;
+    if (++use_slot == Cfg::kStages) use_slot = 0;
+    return slot;
   };
 
   // ---- per-thread row data: rows 16 rb + g and 16 rb + g + 8 of the warp
@@ -355,7 +388,7 @@ __global__ void __launch_bounds__(TileConfig<T>::kThreads, TileConfig<T>::kMinBl
     load_rows(x_off + kc * Cfg::kRows * L::kRowBytes, xb, p.x.stride_s, R0, Cfg::kRows, kc * kChunk, Dx);
 #pragma unroll
   for (int s = 0; s < Cfg::kStages - 1; ++s) {
-    if (s < total_steps) issue(s);
+    if (s < total_steps) issue_next();
     cp_async_commit();
   }
 
