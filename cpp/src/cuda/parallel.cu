@@ -166,7 +166,7 @@ mlstm_status launch_gate_tables(const Geometry& geo, int64_t NH, const TensorVie
   return MLSTM_OK;
 }
 
-template <typename T>
+template <typename T, Pass kPass>
 mlstm_status launch_tile(TileParams tp, int device, cudaStream_t stream) {
   using Cfg = TileConfig<T>;
   tp.n_row_tiles = static_cast<int32_t>((tp.S + Cfg::kRows - 1) / Cfg::kRows);
@@ -179,18 +179,17 @@ mlstm_status launch_tile(TileParams tp, int device, cudaStream_t stream) {
     return fail(MLSTM_ERROR_UNSUPPORTED,
                 "parallel on CUDA: head dimension %d needs %zu bytes of shared memory per block; this device allows %d",
                 tp.x.D, smem, max_smem);
-  MLSTM_CUDA_CHECK(cudaFuncSetAttribute(parallel::parallel_tile_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(smem)));
+  MLSTM_CUDA_CHECK(cudaFuncSetAttribute(parallel::parallel_tile_kernel<T, kPass>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   const int64_t blocks = int64_t(tp.n_row_tiles) * tp.BH * tp.n_slices;
   MLSTM_RETURN_IF_ERROR(check_grid(blocks, "the tile kernel"));
-  parallel::parallel_tile_kernel<T><<<static_cast<unsigned>(blocks), Cfg::kThreads, smem, stream>>>(tp);
+  parallel::parallel_tile_kernel<T, kPass><<<static_cast<unsigned>(blocks), Cfg::kThreads, smem, stream>>>(tp);
   MLSTM_CUDA_CHECK_LAUNCH("parallel_tile_kernel");
   return MLSTM_OK;
 }
 
-TileParams tile_params(Pass pass, const Geometry& geo, int64_t NH, float eps) {
+TileParams tile_params(const Geometry& geo, int64_t NH, float eps) {
   TileParams tp;
-  tp.pass = pass;
   tp.NH = NH;
   tp.S = geo.S;
   tp.S_pad = geo.S_pad;
@@ -232,7 +231,7 @@ mlstm_status forward(const FwdParams& p) {
   parallel::parallel_stabiliser_kernel<<<static_cast<unsigned>(geo.BH), parallel::kStabiliserThreads, 0, stream>>>(sp);
   MLSTM_CUDA_CHECK_LAUNCH("parallel_stabiliser_kernel");
 
-  TileParams tp = tile_params(Pass::kForward, geo, p.NH, p.eps);
+  TileParams tp = tile_params(geo, p.NH, p.eps);
   tp.x = operand(p.q, p.DHQK);
   tp.y = operand(p.k, p.DHQK);
   tp.z = operand(p.v, p.DHHV);
@@ -242,7 +241,7 @@ mlstm_status forward(const FwdParams& p) {
   tp.gsum = w.gsum;
   tp.m2 = rows.m2;
   tp.den = rows.den;
-  return launch_tile<T>(tp, p.device_index, stream);
+  return launch_tile<T, Pass::kForward>(tp, p.device_index, stream);
 }
 
 template <typename T>
@@ -276,7 +275,7 @@ mlstm_status backward(const BwdParams& p) {
   MLSTM_CUDA_CHECK_LAUNCH("parallel_bwd_rows_kernel");
 
   // dq: rows = queries, scores dh vᵀ, update with k.
-  TileParams tq = tile_params(Pass::kGradQ, geo, p.NH, p.eps);
+  TileParams tq = tile_params(geo, p.NH, p.eps);
   tq.x = operand(p.dh, p.DHHV);
   tq.y = operand(p.v, p.DHHV);
   tq.z = operand(p.k, p.DHQK);
@@ -287,10 +286,10 @@ mlstm_status backward(const BwdParams& p) {
   tq.col_term = w.kterm;
   tq.gsum = w.gsum;
   tq.row_dot = w.qdq;
-  MLSTM_RETURN_IF_ERROR(launch_tile<T>(tq, p.device_index, stream));
+  MLSTM_RETURN_IF_ERROR((launch_tile<T, Pass::kGradQ>(tq, p.device_index, stream)));
 
   // dk: rows = keys, scores v dhᵀ, update with q.
-  TileParams tk = tile_params(Pass::kGradK, geo, p.NH, p.eps);
+  TileParams tk = tile_params(geo, p.NH, p.eps);
   tk.x = operand(p.v, p.DHHV);
   tk.y = operand(p.dh, p.DHHV);
   tk.z = operand(p.q, p.DHQK);
@@ -301,10 +300,10 @@ mlstm_status backward(const BwdParams& p) {
   tk.col_add = w.sigma;
   tk.gsum = w.gsum;
   tk.row_dot = w.kdk;
-  MLSTM_RETURN_IF_ERROR(launch_tile<T>(tk, p.device_index, stream));
+  MLSTM_RETURN_IF_ERROR((launch_tile<T, Pass::kGradK>(tk, p.device_index, stream)));
 
   // dv: rows = keys, scores k qᵀ, update with dh.
-  TileParams tv = tile_params(Pass::kGradV, geo, p.NH, p.eps);
+  TileParams tv = tile_params(geo, p.NH, p.eps);
   tv.x = operand(p.k, p.DHQK);
   tv.y = operand(p.q, p.DHQK);
   tv.z = operand(p.dh, p.DHHV);
@@ -312,7 +311,7 @@ mlstm_status backward(const BwdParams& p) {
   tv.row_term = w.kterm;
   tv.col_term = w.qterm_d;
   tv.gsum = w.gsum;
-  MLSTM_RETURN_IF_ERROR(launch_tile<T>(tv, p.device_index, stream));
+  MLSTM_RETURN_IF_ERROR((launch_tile<T, Pass::kGradV>(tv, p.device_index, stream)));
 
   parallel::GateGradParams gg;
   gg.i = gate_view(p.i);

@@ -1,4 +1,5 @@
-// The tile kernel of the parallel form: one kernel, four passes, FlashAttention-style tiling.
+// The tile kernel of the parallel form: one kernel template, four passes (a template parameter, so
+// each instantiation carries only its own elementwise map and epilogue), FlashAttention-style tiling.
 //
 // Every pass has the same shape. A block owns kRows rows of a "row" operand X and walks the
 // column tiles (kTile = 32 columns) on its side of the causal diagonal. Per column tile:
@@ -47,7 +48,6 @@ struct Operand {
 };
 
 struct TileParams {
-  Pass pass = Pass::kForward;
   int64_t NH = 0, S = 0, S_pad = 0, BH = 0;
   int32_t NT = 0;           // granules: ceil(S / kTile)
   int32_t n_row_tiles = 0;  // ceil(S / kRows)
@@ -107,18 +107,19 @@ __device__ __forceinline__ void warp_scores(Scores<T>& s, const unsigned char* s
   constexpr int RB = TileConfig<T>::kRowBlocks;
   if constexpr (TileConfig<T>::kTensorCores) {
     (void)smem;
+    const uint32_t a_lane = L::lane_part(lane & 15, lane >> 4);
+    const uint32_t b_lane = L::lane_part((lane >> 4) * 8 + (lane & 7), (lane >> 3) & 1);
+    const uint32_t x_base = smem_base + x_off, y_base = smem_base + y_off;
 #pragma unroll
     for (int kk = 0; kk < kChunk / 16; ++kk) {
       if (kk * 16 < k_valid) {
         uint32_t a[RB][4];
 #pragma unroll
-        for (int rb = 0; rb < RB; ++rb)
-          ldmatrix_x4(a[rb], smem_base + x_off + L::offset(warp_row + 16 * rb + (lane & 15), 16 * kk + (lane >> 4) * 8));
+        for (int rb = 0; rb < RB; ++rb) ldmatrix_x4(a[rb], x_base + L::at(a_lane, warp_row + 16 * rb, kk));
 #pragma unroll
         for (int pr = 0; pr < kTile / 16; ++pr) {
           uint32_t bq[4];
-          ldmatrix_x4(bq, smem_base + y_off +
-                              L::offset(16 * pr + (lane >> 4) * 8 + (lane & 7), 16 * kk + ((lane >> 3) & 1) * 8));
+          ldmatrix_x4(bq, y_base + L::at(b_lane, 16 * pr, kk));
 #pragma unroll
           for (int rb = 0; rb < RB; ++rb) {
             mma_16816<T>(s[rb][2 * pr], a[rb], bq[0], bq[1]);
@@ -159,14 +160,15 @@ __device__ __forceinline__ void warp_update(Accumulator<T>& acc, const PFragment
   if constexpr (TileConfig<T>::kTensorCores) {
     (void)staging;
     (void)smem;
+    const uint32_t z_lane = L::lane_part(((lane >> 3) & 1) * 8 + (lane & 7), lane >> 4);
+    const uint32_t z_base = smem_base + z_off;
 #pragma unroll
     for (int kk = 0; kk < kTile / 16; ++kk) {
 #pragma unroll
       for (int pr = 0; pr < kChunk / 16; ++pr) {
         if (pr * 16 < z_valid) {
           uint32_t bq[4];
-          ldmatrix_x4_trans(bq, smem_base + z_off +
-                                    L::offset(16 * kk + ((lane >> 3) & 1) * 8 + (lane & 7), 16 * pr + (lane >> 4) * 8));
+          ldmatrix_x4_trans(bq, z_base + L::at(z_lane, 16 * kk, pr));
 #pragma unroll
           for (int rb = 0; rb < RB; ++rb) {
             mma_16816<T>(acc[rb][2 * pr], pfrag[rb][kk], bq[0], bq[1]);
@@ -246,7 +248,7 @@ __device__ __forceinline__ void gate_tile(float (&s)[kTile / 8][4], float (&rows
   }
 }
 
-template <typename T>
+template <typename T, Pass kPass>
 __global__ void __launch_bounds__(TileConfig<T>::kThreads, TileConfig<T>::kMinBlocks)
     parallel_tile_kernel(const TileParams p) {
   using Cfg = TileConfig<T>;
@@ -263,7 +265,7 @@ __global__ void __launch_bounds__(TileConfig<T>::kThreads, TileConfig<T>::kMinBl
   const int64_t rem = blockIdx.x - rank * per_rank;
   const int64_t bh = rem / p.n_slices;
   const int slice = static_cast<int>(rem - bh * p.n_slices);
-  const bool transposed = p.pass == Pass::kGradK || p.pass == Pass::kGradV;
+  constexpr bool transposed = kPass == Pass::kGradK || kPass == Pass::kGradV;
   const int64_t row_tile = transposed ? rank : p.n_row_tiles - 1 - rank;
   const int64_t R0 = row_tile * Cfg::kRows;
   const int64_t b = bh / p.NH, h = bh - b * p.NH;
@@ -288,6 +290,7 @@ __global__ void __launch_bounds__(TileConfig<T>::kThreads, TileConfig<T>::kMinBl
   const uint32_t staging_off = ring_off + Cfg::kStages * Cfg::kSlotBytes;
   float* staging = reinterpret_cast<float*>(smem + staging_off) + warp * 16 * Cfg::kStagingRowFloats;
 
+  // X rows (prologue only).
   auto load_rows = [&](uint32_t dst_off, const T* base, int64_t stride_s, int64_t row0, int n_rows, int col0, int D) {
     for (int idx = tid; idx < n_rows * L::kUnitsPerRow; idx += Cfg::kThreads) {
       const int r = idx / L::kUnitsPerRow, u = idx % L::kUnitsPerRow;
@@ -303,14 +306,38 @@ __global__ void __launch_bounds__(TileConfig<T>::kThreads, TileConfig<T>::kMinBl
       }
     }
   };
-  auto issue = [&](int step) {
-    const int it = step / steps_per_tile, sub = step - it * steps_per_tile;
-    const int64_t col0 = int64_t(granule_of(it)) * kTile;
-    const uint32_t slot = ring_off + (step % Cfg::kStages) * Cfg::kSlotBytes;
-    if (sub < n_x_chunks) {
-      load_rows(slot, yb, p.y.stride_s, col0, kTile, sub * kChunk, Dx);
+  // Ring loads (kTile rows of one chunk): thread tid always moves 16-byte unit lu of rows
+  // lr + j kRowsPerPass, so its shared-memory offsets are one per-thread value plus constants
+  // (kRowsPerPass is a multiple of the swizzle period 8 on the 16-bit layout).
+  constexpr int kRowsPerPass = Cfg::kThreads / L::kUnitsPerRow;
+  static_assert(kTile % kRowsPerPass == 0 && (sizeof(T) == 4 || kRowsPerPass % 8 == 0), "ring load mapping");
+  const int lr = tid / L::kUnitsPerRow, lu = tid % L::kUnitsPerRow;
+  const uint32_t ring_lane = smem_base + L::offset(lr, lu * L::kUnitElems);
+  auto load_tile_rows = [&](uint32_t slot, const T* base, int64_t stride_s, int64_t row0, int col0, int D) {
+    const int col = col0 + lu * L::kUnitElems;
+    const int64_t row = row0 + lr;
+    const T* src = base + row * stride_s + col;
+#pragma unroll
+    for (int j = 0; j < kTile / kRowsPerPass; ++j) {
+      const bool valid = row + j * kRowsPerPass < p.S && col < D;
+      const T* s = valid ? src + j * kRowsPerPass * stride_s : base;
+      const uint32_t dst = ring_lane + slot + j * kRowsPerPass * L::kRowBytes;
+      if (p.vec_ok) {
+        cp_async_16(dst, s, valid);
+      } else {
+        copy_16_sync<T>(dst, s, valid);
+      }
+    }
+  };
+  // The ring is filled in step order: (tile it, sub-step sub) into slot `issue_slot`.
+  int issue_it = 0, issue_sub = 0, issue_slot = 0;
+  auto issue_next = [&]() {
+    const int64_t col0 = int64_t(granule_of(issue_it)) * kTile;
+    const uint32_t slot = ring_off + issue_slot * Cfg::kSlotBytes;
+    if (issue_sub < n_x_chunks) {
+      load_tile_rows(slot, yb, p.y.stride_s, col0, issue_sub * kChunk, Dx);
       constexpr int kTableUnits = kTile / 4;  // 16-byte units of one column table
-      if (sub == n_x_chunks - 1 && tid < 2 * kTableUnits) {  // the tile's column terms and addends
+      if (issue_sub == n_x_chunks - 1 && tid < 2 * kTableUnits) {  // the tile's column terms and addends
         const int a = tid / kTableUnits, u = tid % kTableUnits;
         const float* src = a == 0 ? p.col_term : p.col_add;
         if (src != nullptr)
@@ -318,17 +345,25 @@ __global__ void __launch_bounds__(TileConfig<T>::kThreads, TileConfig<T>::kMinBl
                       true);
       }
     } else {
-      load_rows(slot, zb, p.z.stride_s, col0, kTile, z0, Dz);
+      load_tile_rows(slot, zb, p.z.stride_s, col0, z0, Dz);
     }
+    if (++issue_sub == steps_per_tile) {
+      issue_sub = 0;
+      ++issue_it;
+    }
+    if (++issue_slot == Cfg::kStages) issue_slot = 0;
   };
   // One ring step: wait for its chunk, let every thread see it, refill the slot freed by the
-  // previous step, and return the step's slot.
+  // previous step, and return the step's slot. Steps are consumed in order.
+  int use_slot = 0;
   auto advance = [&](int step) {
     cp_async_wait<Cfg::kStages - 2>();
     __syncthreads();
-    if (step + Cfg::kStages - 1 < total_steps) issue(step + Cfg::kStages - 1);
+    if (step + Cfg::kStages - 1 < total_steps) issue_next();
     cp_async_commit();
-    return ring_off + (step % Cfg::kStages) * Cfg::kSlotBytes;
+    const uint32_t slot = ring_off + use_slot * Cfg::kSlotBytes;
+    if (++use_slot == Cfg::kStages) use_slot = 0;
+    return slot;
   };
 
   // ---- per-thread row data: rows 16 rb + g and 16 rb + g + 8 of the warp
@@ -353,7 +388,7 @@ __global__ void __launch_bounds__(TileConfig<T>::kThreads, TileConfig<T>::kMinBl
     load_rows(x_off + kc * Cfg::kRows * L::kRowBytes, xb, p.x.stride_s, R0, Cfg::kRows, kc * kChunk, Dx);
 #pragma unroll
   for (int s = 0; s < Cfg::kStages - 1; ++s) {
-    if (s < total_steps) issue(s);
+    if (s < total_steps) issue_next();
     cp_async_commit();
   }
 
@@ -401,24 +436,8 @@ __global__ void __launch_bounds__(TileConfig<T>::kThreads, TileConfig<T>::kMinBl
       for (int rb = 0; rb < RB; ++rb) {
         const int rl = static_cast<int>(warp_row0 - int64_t(granule) * kTile) + 16 * rb + g;
         const int row_local[2] = {rl, rl + 8};
-        switch (p.pass) {
-          case Pass::kForward:
-            gate_tile<Pass::kForward>(sc[rb], rowsum[rb], tables, tables + kTile, row_term[rb], gap, row_add[rb],
-                                    row_local, diag, tq);
-            break;
-          case Pass::kGradQ:
-            gate_tile<Pass::kGradQ>(sc[rb], rowsum[rb], tables, tables + kTile, row_term[rb], gap, row_add[rb],
-                                    row_local, diag, tq);
-            break;
-          case Pass::kGradK:
-            gate_tile<Pass::kGradK>(sc[rb], rowsum[rb], tables, tables + kTile, row_term[rb], gap, row_add[rb],
-                                    row_local, diag, tq);
-            break;
-          case Pass::kGradV:
-            gate_tile<Pass::kGradV>(sc[rb], rowsum[rb], tables, tables + kTile, row_term[rb], gap, row_add[rb],
-                                    row_local, diag, tq);
-            break;
-        }
+        gate_tile<kPass>(sc[rb], rowsum[rb], tables, tables + kTile, row_term[rb], gap, row_add[rb], row_local, diag,
+                         tq);
         if constexpr (Cfg::kTensorCores) {
 #pragma unroll
           for (int kk = 0; kk < kTile / 16; ++kk) {
@@ -451,12 +470,12 @@ __global__ void __launch_bounds__(TileConfig<T>::kThreads, TileConfig<T>::kMinBl
   // ---- epilogue
   if (!warp_valid) return;
   T* out = static_cast<T*>(p.out) + b * p.out_stride_b + h * p.out_stride_h;
-  const bool want_dot = p.dot.data != nullptr;
+  constexpr bool want_dot = kPass == Pass::kGradQ || kPass == Pass::kGradK;
   const T* dot_base = want_dot ? static_cast<const T*>(p.dot.data) + b * p.dot.stride_b + h * p.dot.stride_h : nullptr;
 #pragma unroll
   for (int rb = 0; rb < RB; ++rb) {
     float row_scale[2] = {1.0f, 1.0f};
-    if (p.pass == Pass::kForward) {
+    if constexpr (kPass == Pass::kForward) {
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         float den = rowsum[rb][r];
@@ -484,13 +503,13 @@ __global__ void __launch_bounds__(TileConfig<T>::kThreads, TileConfig<T>::kMinBl
         T* o = out + row * p.out_stride_s + col;
         o[0] = from_float<T>(v0);
         o[1] = from_float<T>(v1);
-        if (want_dot) {
+        if constexpr (want_dot) {
           const T* dp = dot_base + row * p.dot.stride_s + col;
           dot[r] += v0 * to_float(dp[0]) + v1 * to_float(dp[1]);
         }
       }
     }
-    if (want_dot) {
+    if constexpr (want_dot) {
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         float d = dot[r];

@@ -38,6 +38,19 @@ struct ChunkLayout {
       return static_cast<uint32_t>(r * kRowBytes + c * 4);
     }
   }
+
+  // 16-bit ldmatrix addressing split into a per-lane part, computed once, and a per-fragment part
+  // that is one XOR and one add with constants (so the compiler keeps 4 offsets per operand in
+  // registers instead of one per fragment):
+  //   offset(row0 + row_lane, 16 k + 8 unit_lane) == at(lane_part(row_lane, unit_lane), row0, k)
+  // for row0 a multiple of 8, k = 0..7, unit_lane in {0, 1}. With u = 2 k + unit_lane the swizzled
+  // unit is u ^ (r & 7): bit 0 is unit_lane ^ r, bits 1-2 are (k & 3) ^ (r >> 1 & 3), bit 3 is k >> 2.
+  __device__ __forceinline__ static uint32_t lane_part(int row_lane, int unit_lane) {
+    return static_cast<uint32_t>(row_lane * kRowBytes + (((unit_lane ^ row_lane) & 1) << 4) + (((row_lane >> 1) & 3) << 5));
+  }
+  __device__ __forceinline__ static uint32_t at(uint32_t lane, int row0, int k) {
+    return static_cast<uint32_t>(row0 * kRowBytes) + ((lane ^ static_cast<uint32_t>((k & 3) << 5)) + static_cast<uint32_t>((k >> 2) << 7));
+  }
 };
 
 __device__ __forceinline__ uint32_t smem_address(const void* p) {
