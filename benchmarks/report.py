@@ -242,6 +242,15 @@ def _commit_note(doc: dict) -> str:
             f"commit{'s' if len(later) > 1 else ''} changed the core** (`git log {short}..HEAD -- cpp`)")
 
 
+def _gate_note(doc: dict) -> str:
+    failed = [g["provider"] for g in doc["gate"].values() if not g["ok"]]
+    if not doc["gate"]:
+        return "No kernel of ours was gated in this run."
+    if not failed:
+        return "Each kernel of ours passed the float64 correctness gate before it was timed."
+    return f"Failed the float64 correctness gate and were not timed: {', '.join(failed)}."
+
+
 def _link(path: Path, repo: Path) -> str:
     return Path(os.path.relpath(path.resolve(), repo)).as_posix()
 
@@ -259,8 +268,7 @@ def readme_section(latest: dict[tuple[str, str], tuple[Path, dict]], repo: Path,
     settings = doc.get("settings", {})
     lines.append(f"**{doc['suite']}, config {doc['config']}** ({doc['description']}; NH={heads['NH']}, "
                  f"DHQK={heads['DHQK']}, DHHV={heads['DHHV']}, {doc['dtype']}). Measured on {_measured_where(doc)}, "
-                 f"{_commit_note(doc)}. Median of {settings.get('repeats', '?')} runs; every kernel of ours passed "
-                 f"the float64 correctness gate before it was timed.")
+                 f"{_commit_note(doc)}. Median of {settings.get('repeats', '?')} runs. {_gate_note(doc)}")
     lines.append("")
     png = path.with_suffix(".png")
     if not png.exists() and replot:
@@ -268,7 +276,7 @@ def readme_section(latest: dict[tuple[str, str], tuple[Path, dict]], repo: Path,
     if png.exists():
         lines += [f"![{doc['suite']} config {doc['config']}]({_link(png, repo)})", ""]
     grid = _Grid(doc)
-    lines += [f"Time in ms ({grid.unit}); `-` not measured at that size, `FAIL`/`OOM`/`n/a` as in the results file:",
+    lines += [f"Time ({grid.unit}); `-` not measured at that size, `FAIL`/`OOM`/`n/a` as in the results file:",
               "", markdown_table(doc), ""]
     for p in grid.providers:
         if p not in grid.measured:
