@@ -1,5 +1,7 @@
-"""Framework-neutral facts shared by the torch and JAX layers: kernel names, upstream aliases,
-defaults, limits and shape validation. Written once here so the two layers cannot drift.
+"""Framework-neutral facts shared by the torch and JAX layers: the kernel table (names, upstream
+names, docs, defaults), upstream aliases, limits, shape validation, the registry functions and the
+backend module's configuration. Written once here so the two layers cannot drift; the public
+kernel signatures built from the table are in ``_wrappers``.
 
 Shapes (head-before-time, row-major):
     q, k (B, NH, S, DHQK); v (B, NH, S, DHHV); i, f (B, NH, S)

@@ -15,7 +15,7 @@ from contextlib import nullcontext
 
 import torch
 
-from .. import _spec, _wrappers
+from .. import _wrappers
 from . import _ops
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
