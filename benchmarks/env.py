@@ -15,7 +15,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _run(*cmd: str) -> str | None:
+def run_command(*cmd: str) -> str | None:
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=20, cwd=REPO)
     except (OSError, subprocess.TimeoutExpired):
@@ -39,8 +39,8 @@ def device_slug(device: str) -> str:
 
 
 def environment(device: str) -> dict:
-    commit = _run("git", "rev-parse", "HEAD")
-    dirty = _run("git", "status", "--porcelain", "--untracked-files=no")
+    commit = run_command("git", "rev-parse", "HEAD")
+    dirty = run_command("git", "status", "--porcelain", "--untracked-files=no")
     env = {
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "git_commit": commit,
@@ -74,13 +74,13 @@ def environment(device: str) -> dict:
             gpu_sm_count=props.multi_processor_count,
             gpu_l2_mib=round(getattr(props, "L2_cache_size", 0) / 2**20, 1) or None,
         )
-        smi = _run("nvidia-smi", "--query-gpu=driver_version,clocks.max.sm,clocks.max.mem",
+        smi = run_command("nvidia-smi", "--query-gpu=driver_version,clocks.max.sm,clocks.max.mem",
                    "--format=csv,noheader", f"--id={torch.cuda.current_device()}")
         if smi:
             fields = [f.strip() for f in smi.splitlines()[0].split(",")]
             env.update(driver=fields[0], sm_clock_max=fields[1] if len(fields) > 1 else None,
                        mem_clock_max=fields[2] if len(fields) > 2 else None)
-        nvcc = _run("nvcc", "--version")
+        nvcc = run_command("nvcc", "--version")
         if nvcc:
             env["nvcc"] = nvcc.splitlines()[-1]
     else:

@@ -15,22 +15,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-
-
-def median_ms(fn, warmup: int = 5, reps: int = 20) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    times.sort()
-    return times[len(times) // 2]
+from cuda_events import median_ms
 
 
 def stablef_parallel(q, k, v, i, f, eps=1e-6):

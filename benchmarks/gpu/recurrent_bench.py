@@ -25,12 +25,12 @@ import ctypes
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 
 import torch
 import torch.nn.functional as F
+from cuda_events import median_ms
 
 # ---- the C ABI (cpp/include/mlstm/mlstm.h) -----------------------------------------------------------
 
@@ -183,20 +183,6 @@ def step_tensors(x, t, src, dst, h):
 # ---- timing ------------------------------------------------------------------------------------------
 
 
-def median_ms(fn, reps: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 def graph_ms_per_call(calls, reps: int = 20) -> float:
     """Captures calls[0..N) into one CUDA graph and returns the median replay time / N."""
     side = torch.cuda.Stream()
@@ -210,14 +196,14 @@ def graph_ms_per_call(calls, reps: int = 20) -> float:
     with torch.cuda.graph(graph):
         for c in calls:
             c()
-    return median_ms(graph.replay, reps) / len(calls)
+    return median_ms(graph.replay, reps, warmup=3) / len(calls)
 
 
 def copy_bandwidth() -> float:
     """Bytes read + written per second of a 1 GiB device-to-device copy."""
     x = torch.empty(1 << 28, dtype=torch.float32, device="cuda").normal_()
     y = torch.empty_like(x)
-    ms = median_ms(lambda: y.copy_(x), reps=20)
+    ms = median_ms(lambda: y.copy_(x), reps=20, warmup=3)
     return 2 * x.numel() * 4 / (ms * 1e-3)
 
 
@@ -311,7 +297,7 @@ def bench_sequence(lib, gen, B=8, NH=8, S=1024, DHQK=256, DHHV=512, dtype=torch.
     if not timing:
         return {}
     fused_ms = median_ms(lambda: call(lib, "mlstm_sequence_fwd", make_args(shape, tensors, 1e-6, stream_of(dev))),
-                         reps=10)
+                         reps=10, warmup=3)
     loop_ms = median_ms(step_loop, reps=3, warmup=1)
     fma = 2 * B * NH * S * DHQK * DHHV  # two fused multiply-adds per state element and step
     return dict(B=B, NH=NH, S=S, fused_ms=fused_ms, step_loop_ms=loop_ms, speedup=loop_ms / fused_ms,

@@ -1,5 +1,7 @@
-"""Framework-neutral facts shared by the torch and JAX layers: kernel names, upstream aliases,
-defaults, limits and shape validation. Written once here so the two layers cannot drift.
+"""Framework-neutral facts shared by the torch and JAX layers: the kernel table (names, upstream
+names, docs, defaults), upstream aliases, limits, shape validation, the registry functions and the
+backend module's configuration. Written once here so the two layers cannot drift; the public
+kernel signatures built from the table are in ``_wrappers``.
 
 Shapes (head-before-time, row-major):
     q, k (B, NH, S, DHQK); v (B, NH, S, DHHV); i, f (B, NH, S)
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Literal, Mapping, Sequence, get_args
 
 DEFAULT_EPS = 1e-6
 DEFAULT_CHUNK_SIZE = 64
@@ -18,20 +20,80 @@ DEFAULT_CHUNK_SIZE = 64
 # Chunk-size limits of the core's chunkwise algorithms (powers of two).
 CHUNK_SIZE_LIMITS = {"limit_chunk": (16, 128), "xl_chunk": (16, 4096)}
 
+@dataclass(frozen=True)
+class Kernel:
+    """One public kernel, the same in both frameworks.
+
+    `doc` may name the framework through {native} (its array library), {autodiff} (its automatic
+    differentiation) and {loop} (how it loops over time in Python). `native` is where a plain
+    framework implementation lives, relative to the framework package (module, function); core
+    kernels have none. `chunk_algorithm` names the core algorithm whose chunk-size limits apply.
+    """
+
+    registry: str  # "training", "sequence" or "step"
+    name: str  # canonical registry name
+    python_name: str  # the function's name at its upstream import path
+    doc: str
+    native: tuple[str, str] | None = None
+    chunk_algorithm: str | None = None
+    default_chunk_size: int = DEFAULT_CHUNK_SIZE
+
+    @property
+    def stateless(self) -> bool:
+        return self.name.startswith("parallel--")
+
+
+def _k(registry, name, python_name, doc, native_module=None, **kw):
+    native = (native_module, python_name) if native_module else None
+    return Kernel(registry, name, python_name, doc, native, **kw)
+
+
+# Every kernel of SPEC §3, in registry order.
+KERNELS: dict[str, Kernel] = {k.name: k for k in (
+    _k("training", "chunkwise--native_autograd", "mlstm_chunkwise__native_autograd",
+       "Chunkwise mLSTM in {native}, gradients by {autodiff} (readable reference).", "chunkwise.native"),
+    _k("training", "chunkwise--native_custbw", "mlstm_chunkwise__native_custbw",
+       "Chunkwise mLSTM in {native} with the hand-written exact backward.", "chunkwise.native"),
+    _k("training", "chunkwise--limit_chunk", "mlstm_chunkwise__limit_chunk",
+       """Chunkwise mLSTM in the core, one level of tiling: a whole L x L chunk per block (L = chunk_size
+    in 16..128, a power of two). Any S >= 1. Exact gradients, including initial and last states.""",
+       chunk_algorithm="limit_chunk"),
+    _k("training", "chunkwise--xl_chunk", "mlstm_chunkwise__xl_chunk",
+       """Chunkwise mLSTM in the core, two-level (TFLA) tiling: large chunks for the state recurrence,
+    tiles inside a chunk (chunk_size in 16..4096, a power of two; default 128 as upstream). Any S >= 1.
+    Exact gradients, including initial and last states.""",
+       chunk_algorithm="xl_chunk", default_chunk_size=128),
+    _k("training", "parallel--native_autograd", "mlstm_parallel__native_autograd",
+       "Parallel mLSTM in {native} (subtractive gate matrix), gradients by {autodiff}; no state.",
+       "parallel.native"),
+    _k("training", "parallel--native_custbw", "mlstm_parallel__native_custbw",
+       "Parallel mLSTM in {native} (subtractive gate matrix) with the hand-written backward; no state.",
+       "parallel.native"),
+    _k("training", "parallel--native_stablef_autograd", "mlstm_parallel__native_stablef_autograd",
+       "Parallel mLSTM in {native}, stablef gate matrix, gradients by {autodiff}; no state.",
+       "parallel.native_stablef"),
+    _k("training", "parallel--native_stablef_custbw", "mlstm_parallel__native_stablef_custbw",
+       "Parallel mLSTM in {native}, stablef gate matrix, hand-written backward; no state.",
+       "parallel.native_stablef"),
+    _k("training", "parallel--tiled", "mlstm_parallel__tiled",
+       "Parallel (stablef) mLSTM in the core, tiled over the S x S gate matrix; no state."),
+    _k("sequence", "native_sequence__native", "mlstm_recurrent_sequence__native_fw",
+       "{loop} over the sequence calling the {native} step (differentiable by {autodiff}).",
+       "recurrent.native"),
+    _k("sequence", "native_sequence__fused", "mlstm_recurrent_sequence__native_fused_fw",
+       "{loop} over the sequence calling the core step kernel. Forward only."),
+    _k("sequence", "fused_sequence", "mlstm_recurrent_sequence__fused_fw",
+       "The recurrence over the whole sequence in one core kernel (states kept on chip). Forward only."),
+    _k("step", "native", "mlstm_recurrent_step__native",
+       "One recurrent step in {native} (differentiable by {autodiff}).", "recurrent.native"),
+    _k("step", "fused", "mlstm_recurrent_step__fused",
+       "One recurrent step in the core (a single kernel; new states in dtype_state). Forward only."),
+)}
+
 # Canonical kernel names per registry (SPEC §3). Each framework maps them to callables.
-TRAINING_KERNELS = (
-    "chunkwise--native_autograd",
-    "chunkwise--native_custbw",
-    "chunkwise--limit_chunk",
-    "chunkwise--xl_chunk",
-    "parallel--native_autograd",
-    "parallel--native_custbw",
-    "parallel--native_stablef_autograd",
-    "parallel--native_stablef_custbw",
-    "parallel--tiled",
-)
-SEQUENCE_KERNELS = ("native_sequence__native", "native_sequence__fused", "fused_sequence")
-STEP_KERNELS = ("native", "fused")
+TRAINING_KERNELS = tuple(n for n, k in KERNELS.items() if k.registry == "training")
+SEQUENCE_KERNELS = tuple(n for n, k in KERNELS.items() if k.registry == "sequence")
+STEP_KERNELS = tuple(n for n, k in KERNELS.items() if k.registry == "step")
 
 # Upstream (Triton library) names accepted everywhere a name is, with a one-time warning.
 ALIASES = {
@@ -45,6 +107,18 @@ ALIASES = {
 }
 
 _warned_aliases: set[tuple[str, str]] = set()
+
+
+def _unknown_kernel(registry: str, name: str, available: Sequence[str]) -> ValueError:
+    known = list(available) + [a for a, t in ALIASES.get(registry, {}).items() if t in available]
+    return ValueError(f"Unknown {registry} kernel '{name}'. Available: {', '.join(known)}")
+
+
+def check_kernel_name(registry: str, name: str) -> None:
+    """Raise the ValueError of an unknown name now; resolving (and any alias warning) comes later."""
+    available = tuple(n for n, k in KERNELS.items() if k.registry == registry)
+    if name not in available and ALIASES.get(registry, {}).get(name) not in available:
+        raise _unknown_kernel(registry, name, available)
 
 
 def resolve_kernel_name(registry: str, name: str, available: Sequence[str]) -> str:
@@ -66,8 +140,7 @@ def resolve_kernel_name(registry: str, name: str, available: Sequence[str]) -> s
                 stacklevel=3,
             )
         return alias_target
-    known = list(available) + [a for a, t in ALIASES.get(registry, {}).items() if t in available]
-    raise ValueError(f"Unknown {registry} kernel '{name}'. Available: {', '.join(known)}")
+    raise _unknown_kernel(registry, name, available)
 
 
 def check_chunk_size(algorithm: str, chunk_size: int) -> None:
@@ -183,3 +256,88 @@ def check_shapes(
         if shp != exp and not (name == m_name and shp == (B, NH)):
             raise ValueError(f"{name} must have shape {exp}, got {shp}")
     return Dims(B, NH, S, DHQK, DHHV)
+
+
+# ---------------------------------------------------------------------------------------------
+# The backend module's configuration (upstream's fields, defaults and validation), shared by
+# mlstm_kernels.torch.backend_module and mlstm_kernels.jax.backend_module.
+
+ChunkwiseKernelType = Literal[
+    "chunkwise--native_autograd",
+    "chunkwise--native_custbw",
+    "chunkwise--limit_chunk",
+    "chunkwise--xl_chunk",
+    "parallel--native_autograd",
+    "parallel--native_custbw",
+    "parallel--native_stablef_autograd",
+    "parallel--native_stablef_custbw",
+    "parallel--tiled",
+    # upstream names
+    "chunkwise--triton_limit_chunk",
+    "chunkwise--triton_xl_chunk",
+    "parallel--triton_limit_headdim",
+]
+SequenceKernelType = Literal[
+    "native_sequence__native",
+    "native_sequence__fused",
+    "fused_sequence",
+    # upstream name
+    "native_sequence__triton",
+]
+StepKernelType = Literal["native", "fused", "triton"]
+DtypeType = Literal["float32", "bfloat16", "float16"]
+BackendModeType = Literal["train", "train_with_padding", "inference"]
+
+BACKEND_MODES = get_args(BackendModeType)
+BACKEND_DTYPES = get_args(DtypeType)
+
+# The typing names are spelled out for type checkers; they must list exactly the registries' names.
+for _registry, _type in (("training", ChunkwiseKernelType), ("sequence", SequenceKernelType), ("step", StepKernelType)):
+    assert set(get_args(_type)) == {n for n, k in KERNELS.items() if k.registry == _registry} | set(ALIASES[_registry])
+
+
+def check_backend_mode(mode: str) -> None:
+    if mode not in BACKEND_MODES:
+        raise ValueError(f"Unknown mode {mode!r}: mode must be one of {', '.join(BACKEND_MODES)}")
+
+
+@dataclass
+class mLSTMBackendConfig:
+    """Configuration of ``mLSTMBackend`` (torch and JAX alike), validated on construction."""
+
+    chunkwise_kernel: ChunkwiseKernelType = "chunkwise--native_autograd"
+    """The training kernel "<form>--<kernel>"; used in train modes and for the chunks in inference."""
+    sequence_kernel: SequenceKernelType = "native_sequence__native"
+    """The sequence kernel used in inference for the tail that does not fill a chunk."""
+    step_kernel: StepKernelType = "native"
+    """The step kernel used in inference when S == 1."""
+    mode: BackendModeType = "train"
+    """"train", "train_with_padding" or "inference"."""
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    """Chunk size of the chunkwise kernel (also the padding multiple and the inference split)."""
+    return_last_states: bool = False
+    """Whether the train modes return (h, (c, n, m)); inference always does."""
+    autocast_kernel_dtype: DtypeType = "bfloat16"
+    """The dtype q, k, v are cast to inside an enabled torch autocast region (JAX has none: there
+    the kernels run in the inputs' dtype)."""
+    eps: float = DEFAULT_EPS
+    """Added to the denominator max(|n·q̂|, exp(-m))."""
+    inference_state_dtype: DtypeType = "float32"
+    """The dtype of the recurrent states of the sequence and step kernels in inference."""
+
+    def __post_init__(self):
+        if self.return_last_states and "parallel" in self.chunkwise_kernel:
+            raise ValueError("return_last_states=True is not supported with parallel kernels.")
+        if self.return_last_states and self.mode == "train_with_padding":
+            raise ValueError("return_last_states=True is not supported with train_with_padding mode.")
+        check_backend_mode(self.mode)
+        for field in ("autocast_kernel_dtype", "inference_state_dtype"):
+            if getattr(self, field) not in BACKEND_DTYPES:
+                raise ValueError(f"{field} must be one of {', '.join(BACKEND_DTYPES)}; got {getattr(self, field)!r}")
+        if not isinstance(self.chunk_size, int) or self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int, got {self.chunk_size!r}")
+        # Unknown kernel names fail here, naming what exists; upstream names resolve (with their
+        # one-time warning) when the backend looks the kernels up.
+        check_kernel_name("training", self.chunkwise_kernel)
+        check_kernel_name("sequence", self.sequence_kernel)
+        check_kernel_name("step", self.step_kernel)

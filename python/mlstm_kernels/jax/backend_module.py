@@ -23,79 +23,23 @@ linen models; otherwise it is a plain callable class with the same constructor a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import jax.numpy as jnp
 
+from .._spec import (  # the config and its typing names are shared with the torch backend
+    BackendModeType,
+    ChunkwiseKernelType,
+    DtypeType,
+    SequenceKernelType,
+    StepKernelType,
+    check_backend_mode,
+    mLSTMBackendConfig,
+)
 from . import get_mlstm_kernel, get_mlstm_sequence_kernel, get_mlstm_step_kernel
-
-ChunkwiseKernelType = Literal[
-    "chunkwise--native_autograd",
-    "chunkwise--native_custbw",
-    "chunkwise--limit_chunk",
-    "chunkwise--xl_chunk",
-    "parallel--native_autograd",
-    "parallel--native_custbw",
-    "parallel--native_stablef_autograd",
-    "parallel--native_stablef_custbw",
-    "parallel--tiled",
-    "chunkwise--triton_limit_chunk",
-    "chunkwise--triton_xl_chunk",
-    "parallel--triton_limit_headdim",
-]
-SequenceKernelType = Literal["native_sequence__native", "native_sequence__fused", "fused_sequence", "native_sequence__triton"]
-StepKernelType = Literal["native", "fused", "triton"]
-DtypeType = Literal["float32", "bfloat16", "float16"]
-BackendModeType = Literal["train", "train_with_padding", "inference"]
-
-_DTYPES = ("float32", "bfloat16", "float16")
-_MODES = ("train", "train_with_padding", "inference")
-
-
-@dataclass
-class mLSTMBackendConfig:
-    chunkwise_kernel: ChunkwiseKernelType = "chunkwise--native_autograd"
-    """The training kernel: a chunkwise kernel, or a parallel one (no states) for comparison."""
-    sequence_kernel: SequenceKernelType = "native_sequence__native"
-    """The kernel for the tail of an inference sequence that does not fill a chunk."""
-    step_kernel: StepKernelType = "native"
-    """The kernel for a single step (generation) in inference mode."""
-    mode: BackendModeType = "train"
-    """How the backend's call behaves: "train", "train_with_padding" or "inference"."""
-    chunk_size: int = 64
-    """Chunk size of the chunkwise kernel (and the padding multiple of "train_with_padding")."""
-    return_last_states: bool = False
-    """Whether training returns the last states; inference always does."""
-    autocast_kernel_dtype: DtypeType = "bfloat16"
-    """Kept for upstream compatibility; JAX has no autocast region, kernels run in the inputs' dtype."""
-    eps: float = 1e-6
-    """Added to the denominator max(|n·q̂|, exp(-m))."""
-    inference_state_dtype: DtypeType = "float32"
-    """dtype of the states in inference mode."""
-
-    def __post_init__(self):
-        if self.mode not in _MODES:
-            raise ValueError(f"mode must be one of {', '.join(_MODES)}, got {self.mode!r}")
-        if not isinstance(self.chunk_size, int) or self.chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive int, got {self.chunk_size!r}")
-        for name in ("autocast_kernel_dtype", "inference_state_dtype"):
-            if getattr(self, name) not in _DTYPES:
-                raise ValueError(f"{name} must be one of {', '.join(_DTYPES)}, got {getattr(self, name)!r}")
-        # Unknown kernel names fail here, naming what exists; upstream names resolve (with a warning).
-        get_mlstm_kernel(self.chunkwise_kernel)
-        get_mlstm_sequence_kernel(self.sequence_kernel)
-        get_mlstm_step_kernel(self.step_kernel)
-        if self.return_last_states and self.chunkwise_kernel.startswith("parallel"):
-            raise ValueError("return_last_states=True is not supported with parallel kernels.")
-        if self.return_last_states and self.mode == "train_with_padding":
-            raise ValueError("return_last_states=True is not supported with train_with_padding mode.")
 
 
 def _backend_call(config: mLSTMBackendConfig, q, k, v, i, f, c_initial, n_initial, m_initial, return_last_states, mode):
     mode = config.mode if mode is None else mode
-    if mode not in _MODES:
-        raise ValueError(f"mode must be one of {', '.join(_MODES)}, got {mode!r}")
+    check_backend_mode(mode)
     train_kernel = get_mlstm_kernel(config.chunkwise_kernel)
     common = dict(eps=config.eps, autocast_kernel_dtype=getattr(jnp, config.autocast_kernel_dtype))
 

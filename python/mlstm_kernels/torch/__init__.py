@@ -15,23 +15,23 @@ Kernels named ``native`` are plain torch; the others run in the core on the tens
 
 from __future__ import annotations
 
-from typing import Callable
+from ._interface import registry as _registry
 
-from .. import _spec
-from .chunkwise import (
+# The kernel functions, also reachable from the package.
+from .chunkwise import (  # noqa: F401
     mlstm_chunkwise__limit_chunk,
     mlstm_chunkwise__native_autograd,
     mlstm_chunkwise__native_custbw,
     mlstm_chunkwise__xl_chunk,
 )
-from .parallel import (
+from .parallel import (  # noqa: F401
     mlstm_parallel__native_autograd,
     mlstm_parallel__native_custbw,
     mlstm_parallel__native_stablef_autograd,
     mlstm_parallel__native_stablef_custbw,
     mlstm_parallel__tiled,
 )
-from .recurrent import (
+from .recurrent import (  # noqa: F401
     mlstm_recurrent_sequence__fused_fw,
     mlstm_recurrent_sequence__native_fused_fw,
     mlstm_recurrent_sequence__native_fw,
@@ -39,28 +39,6 @@ from .recurrent import (
     mlstm_recurrent_step__native,
 )
 
-_TRAINING_KERNELS: dict[str, Callable] = {
-    "chunkwise--native_autograd": mlstm_chunkwise__native_autograd,
-    "chunkwise--native_custbw": mlstm_chunkwise__native_custbw,
-    "chunkwise--limit_chunk": mlstm_chunkwise__limit_chunk,
-    "chunkwise--xl_chunk": mlstm_chunkwise__xl_chunk,
-    "parallel--native_autograd": mlstm_parallel__native_autograd,
-    "parallel--native_custbw": mlstm_parallel__native_custbw,
-    "parallel--native_stablef_autograd": mlstm_parallel__native_stablef_autograd,
-    "parallel--native_stablef_custbw": mlstm_parallel__native_stablef_custbw,
-    "parallel--tiled": mlstm_parallel__tiled,
-}
-_SEQUENCE_KERNELS: dict[str, Callable] = {
-    "native_sequence__native": mlstm_recurrent_sequence__native_fw,
-    "native_sequence__fused": mlstm_recurrent_sequence__native_fused_fw,
-    "fused_sequence": mlstm_recurrent_sequence__fused_fw,
-}
-_STEP_KERNELS: dict[str, Callable] = {
-    "native": mlstm_recurrent_step__native,
-    "fused": mlstm_recurrent_step__fused,
-}
-
-_registry = _spec.registry_functions(_TRAINING_KERNELS, _SEQUENCE_KERNELS, _STEP_KERNELS)
 get_available_mlstm_kernels = _registry["get_available_mlstm_kernels"]
 get_mlstm_kernel = _registry["get_mlstm_kernel"]
 get_available_mlstm_sequence_kernels = _registry["get_available_mlstm_sequence_kernels"]

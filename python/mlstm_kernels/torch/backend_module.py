@@ -15,79 +15,23 @@ Kernel names may be ours or upstream's (resolved with a one-time warning), see
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._spec import (  # the config and its typing names are shared with the JAX backend
+    BackendModeType,
+    ChunkwiseKernelType,
+    DtypeType,
+    SequenceKernelType,
+    StepKernelType,
+    check_backend_mode,
+    mLSTMBackendConfig,
+)
 from . import get_mlstm_kernel, get_mlstm_sequence_kernel, get_mlstm_step_kernel
-
-ChunkwiseKernelType = Literal[
-    "chunkwise--native_autograd",
-    "chunkwise--native_custbw",
-    "chunkwise--limit_chunk",
-    "chunkwise--xl_chunk",
-    "parallel--native_autograd",
-    "parallel--native_custbw",
-    "parallel--native_stablef_autograd",
-    "parallel--native_stablef_custbw",
-    "parallel--tiled",
-    # upstream names
-    "chunkwise--triton_limit_chunk",
-    "chunkwise--triton_xl_chunk",
-    "parallel--triton_limit_headdim",
-]
-SequenceKernelType = Literal[
-    "native_sequence__native",
-    "native_sequence__fused",
-    "fused_sequence",
-    # upstream name
-    "native_sequence__triton",
-]
-StepKernelType = Literal["native", "fused", "triton"]
-DtypeType = Literal["float32", "bfloat16", "float16"]
-BackendModeType = Literal["train", "train_with_padding", "inference"]
-
-_MODES = ("train", "train_with_padding", "inference")
-_DTYPES = ("float32", "bfloat16", "float16")
-
-
-@dataclass
-class mLSTMBackendConfig:
-    chunkwise_kernel: ChunkwiseKernelType = "chunkwise--native_autograd"
-    """The training kernel: "<form>--<kernel>"; used in train modes and for the chunks in inference."""
-    sequence_kernel: SequenceKernelType = "native_sequence__native"
-    """The sequence kernel used in inference for the tail that does not fill a chunk."""
-    step_kernel: StepKernelType = "native"
-    """The step kernel used in inference when S == 1."""
-    mode: BackendModeType = "train"
-    """"train", "train_with_padding" or "inference"."""
-    chunk_size: int = 64
-    """Chunk size of the chunkwise kernel (also the padding multiple and the inference split)."""
-    return_last_states: bool = False
-    """Whether the train modes return (h, (c, n, m)); inference always does."""
-    autocast_kernel_dtype: DtypeType = "bfloat16"
-    """The dtype q, k, v are cast to inside an enabled autocast region."""
-    eps: float = 1e-6
-    """Added to the denominator after the max."""
-    inference_state_dtype: DtypeType = "float32"
-    """The dtype of the recurrent states of the sequence and step kernels in inference."""
-
-    def __post_init__(self):
-        if self.return_last_states and "parallel" in self.chunkwise_kernel:
-            raise ValueError("return_last_states=True is not supported with parallel kernels.")
-        if self.return_last_states and self.mode == "train_with_padding":
-            raise ValueError("return_last_states=True is not supported with train_with_padding mode.")
-        if self.mode not in _MODES:
-            raise ValueError(f"mode must be one of {', '.join(_MODES)}; got '{self.mode}'")
-        for field in ("autocast_kernel_dtype", "inference_state_dtype"):
-            if getattr(self, field) not in _DTYPES:
-                raise ValueError(f"{field} must be one of {', '.join(_DTYPES)}; got '{getattr(self, field)}'")
-        if not isinstance(self.chunk_size, int) or self.chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive int, got {self.chunk_size!r}")
 
 
 def wrap_chunkwise__pad_zeros(
@@ -245,9 +189,8 @@ class mLSTMBackend(nn.Module):
                 q=q, k=k, v=v, i=i, f=f, c_initial=c_initial, n_initial=n_initial, m_initial=m_initial,
                 return_last_states=return_last_states,
             )
-        if mode == "inference":
-            return self._inference_fn(q=q, k=k, v=v, i=i, f=f, c_initial=c_initial, n_initial=n_initial, m_initial=m_initial)
-        raise ValueError(f"Unknown mode '{mode}'; expected one of {', '.join(_MODES)}")
+        check_backend_mode(mode)
+        return self._inference_fn(q=q, k=k, v=v, i=i, f=f, c_initial=c_initial, n_initial=n_initial, m_initial=m_initial)
 
     def extra_repr(self) -> str:
         return f"{self.config}"
