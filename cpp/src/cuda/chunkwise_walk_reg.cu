@@ -10,7 +10,9 @@ namespace {
 template <typename Elem, int DBs, int KP, int KW>
 mlstm_status launch_reg_walk(const WalkParams& p, int n_slices, int n_segments, size_t smem_bytes,
                              cudaStream_t stream) {
-  const auto kernel = chunkwise_walk_reg_kernel<Elem, DBs, KP, KW>;
+  const bool aug = p.mode == WalkMode::kDq || p.mode == WalkMode::kDk;
+  const auto kernel = aug ? chunkwise_walk_reg_kernel<Elem, DBs, KP, KW, true>
+                          : chunkwise_walk_reg_kernel<Elem, DBs, KP, KW, false>;
   MLSTM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes)));
   const dim3 grid(unsigned(n_slices), unsigned(p.BNH), unsigned(n_segments));
   constexpr int kThreadCount = RegGeom<DBs, KP, KW>::kThreadCount;

@@ -55,7 +55,8 @@ __device__ __forceinline__ float row_group_sum(float v) {
   return v;
 }
 
-template <typename Elem, int DBs, int KP, int KW>
+// kAug: the walks with the extra state row and the hi + lo state (kDq, kDk); the others are kFwd, kDv.
+template <typename Elem, int DBs, int KP, int KW, bool kAug>
 __global__ void __launch_bounds__(RegGeom<DBs, KP, KW>::kThreadCount, 1) chunkwise_walk_reg_kernel(const WalkParams p) {
   using G = RegGeom<DBs, KP, KW>;
   using L = RegSmem<Elem, DBs, KP, KW>;
@@ -65,8 +66,8 @@ __global__ void __launch_bounds__(RegGeom<DBs, KP, KW>::kThreadCount, 1) chunkwi
   const WalkMode mode = p.mode;
   const bool reverse = mode == WalkMode::kDv || mode == WalkMode::kDk;
   const bool is_fwd = mode == WalkMode::kFwd;
-  const bool has_aug = mode == WalkMode::kDq || mode == WalkMode::kDk;
-  const bool split_state = has_aug;
+  constexpr bool has_aug = kAug;
+  constexpr bool split_state = kAug;
   const int slice = blockIdx.x;
   const int64_t bh = blockIdx.y, b = bh / p.NH, h = bh % p.NH;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -211,7 +212,7 @@ __global__ void __launch_bounds__(RegGeom<DBs, KP, KW>::kThreadCount, 1) chunkwi
           af[2] = pack2<Elem>(st[n0 + 1][0], st[n0 + 1][1]);
           af[3] = pack2<Elem>(st[n0 + 1][2], st[n0 + 1][3]);
           uint32_t al[4];
-          if (split_state) {
+          if constexpr (split_state) {
             // The walks that feed the gate gradients take the state at fp32 accuracy (hi + lo parts).
             const float2 h0 = unpack2<Elem>(af[0]), h1 = unpack2<Elem>(af[1]);
             const float2 h2 = unpack2<Elem>(af[2]), h3 = unpack2<Elem>(af[3]);
@@ -226,7 +227,7 @@ __global__ void __launch_bounds__(RegGeom<DBs, KP, KW>::kThreadCount, 1) chunkwi
             ldmatrix_x4(bf, As + (16 * np + r + (q >> 1) * 8) * ldE + ks * 16 + (q & 1) * 8);
             mma16816<Elem>(oacc[2 * np], af, bf[0], bf[1]);
             mma16816<Elem>(oacc[2 * np + 1], af, bf[2], bf[3]);
-            if (split_state) {
+            if constexpr (split_state) {
               mma16816<Elem>(oacc[2 * np], al, bf[0], bf[1]);
               mma16816<Elem>(oacc[2 * np + 1], al, bf[2], bf[3]);
             }
@@ -265,13 +266,16 @@ __global__ void __launch_bounds__(RegGeom<DBs, KP, KW>::kThreadCount, 1) chunkwi
       if (is_fwd) {
         // n_{k+1} = alpha n_k + sum_s w_s Bk_s over this step's columns of every part.
         constexpr int kTPC = NT / (KP * kTK);  // threads per column
-        constexpr int kRows = kT / kTPC;
-        const int colx = tid / kTPC, r0 = (tid % kTPC) * kRows;
+        constexpr int kRows = kT / kTPC;  // rows r0 + kTPC i: neighbouring lanes read neighbouring rows
+        const int colx = tid / kTPC, r0 = tid % kTPC;
         const int part = colx / kTK, cc = colx % kTK;
         const Elem* bsp = b_tile(slot, part);
         float s = 0.f;
 #pragma unroll 8
-        for (int rr = 0; rr < kRows; ++rr) s += scal[kValueW * kT + r0 + rr] * to_float(bsp[(r0 + rr) * ldE + cc]);
+        for (int rr = 0; rr < kRows; ++rr) {
+          const int row = r0 + kTPC * rr;
+          s += scal[kValueW * kT + row] * to_float(bsp[row * ldE + cc]);
+        }
 #pragma unroll
         for (int o = 1; o < kTPC; o <<= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
         if (tid % kTPC == 0) {
@@ -309,9 +313,17 @@ __global__ void __launch_bounds__(RegGeom<DBs, KP, KW>::kThreadCount, 1) chunkwi
       for (int o = 1; o < kTPR; o <<= 1) qn += __shfl_xor_sync(0xffffffffu, qn, o);
       if (tid % kTPR == 0) scal[kQN * kT + tid / kTPR] = qn;
     }
-    float aug_new = 0.f;  // this thread's column of sum_r aug_in_r V_r
-    if (has_aug && tid < DBs) {
-      for (int rr = 0; rr < kT; ++rr) aug_new += scal[kAugIn * kT + rr] * to_float(sV[rr * ldV + tid]);
+    // The extra state row: column tid / kTPA of sum_r aug_in_r V_r, summed by kTPA neighbouring lanes.
+    constexpr int kTPA = NT / DBs;
+    float aug_new = 0.f;
+    if constexpr (has_aug) {
+#pragma unroll 8
+      for (int i = 0; i < kT / kTPA; ++i) {
+        const int row = tid % kTPA + kTPA * i;
+        aug_new += scal[kAugIn * kT + row] * to_float(sV[row * ldV + tid / kTPA]);
+      }
+#pragma unroll
+      for (int o = 1; o < kTPA; o <<= 1) aug_new += __shfl_xor_sync(0xffffffffu, aug_new, o);
     }
     __syncthreads();  // q.n visible
     if (is_fwd && outputs && tid < kT) {
@@ -393,7 +405,7 @@ __global__ void __launch_bounds__(RegGeom<DBs, KP, KW>::kThreadCount, 1) chunkwi
         }
       }
     }
-    if (has_aug && tid < DBs) srow[tid] = fmaf(alpha, srow[tid], aug_new);
+    if (has_aug && tid % kTPA == 0) srow[tid / kTPA] = fmaf(alpha, srow[tid / kTPA], aug_new);
     if (outputs && p.dot_part != nullptr && tid < Tc) {
       float d = 0.f;
 #pragma unroll
