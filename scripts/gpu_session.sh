@@ -16,6 +16,9 @@ export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-16}
 export PYTHONUNBUFFERED=1
 export XLA_PYTHON_CLIENT_PREALLOCATE=false   # JAX and torch share the card in one pytest process
 CTEST_REGEX=${MLSTM_CTEST_REGEX:-}           # e.g. cuda: only the CUDA suites
+SAN_REGEX=${MLSTM_SANITIZE_REGEX:-.}         # which test_cuda_* executables the sanitizers run
+SAN_TOOLS=${MLSTM_SANITIZE_TOOLS:-memcheck racecheck initcheck}
+SAN_LIMIT=${MLSTM_SANITIZE_LIMIT:-240}      # seconds per sanitizer run
 PYTEST_MARK=${MLSTM_PYTEST_MARK:-}           # e.g. gpu: only the CUDA parametrisations
 COMMIT=${MLSTM_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 stages=("$@")
@@ -62,8 +65,9 @@ for stage in "${stages[@]}"; do
     sanitize)
       for t in "$BUILD_DIR"/tests/cpp/test_cuda_*; do
         [ -x "$t" ] || continue
-        for tool in memcheck racecheck; do
-          MLSTM_TEST_SMALL=1 run_stage "san-$(basename "$t")-$tool" 240 \
+        [[ $(basename "$t") =~ $SAN_REGEX ]] || continue
+        for tool in $SAN_TOOLS; do
+          MLSTM_TEST_SMALL=1 run_stage "san-$(basename "$t")-$tool" "$SAN_LIMIT" \
             compute-sanitizer --tool "$tool" --error-exitcode 9 "$t"
         done
       done ;;
@@ -79,9 +83,15 @@ for stage in "${stages[@]}"; do
         [ -x "$BUILD_DIR/tests/cpp/test_cuda_$t" ] && run_stage "bench-$t" 240 "$BUILD_DIR/tests/cpp/test_cuda_$t" --bench
       done ;;
     bench)
+      # Upstream's Triton kernels as a peer, when their wheel was carried in .whl/ (same import name:
+      # installed into its own directory, run in a subprocess by the benchmark).
+      up=()
+      for w in .whl/mlstm_kernels-*.whl; do
+        [ -f "$w" ] && python3 -m pip install -q --no-deps --no-index --target /tmp/upstream "$w" && up=(--upstream-path /tmp/upstream)
+      done
       for suite in "consttoken --config A" "consttoken --config B" "step --config A"; do
         # shellcheck disable=SC2086
-        run_stage "bench-${suite// /-}" 400 python3 -m benchmarks.run --suite $suite --out "$OUT" --commit "$COMMIT"
+        run_stage "bench-${suite// /-}" 400 python3 -m benchmarks.run --suite $suite --out "$OUT" --commit "$COMMIT" "${up[@]}"
       done ;;
     *) echo "unknown stage $stage" ;;
   esac
@@ -89,3 +99,7 @@ done
 
 echo "==== summary"
 printf '%s\n' "${summary[@]}" | tee "$OUT/summary.txt"
+# Few files come back from a lent machine: with MLSTM_BUNDLE=1 everything goes into one archive.
+if [ "${MLSTM_BUNDLE:-0}" = 1 ]; then
+  tar czf /tmp/gpu_out.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/gpu_out.tgz "$OUT/"
+fi
