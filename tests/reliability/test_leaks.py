@@ -109,4 +109,6 @@ def test_repeated_calls_do_not_grow_cuda_memory():
     for _ in range(50):
         namespace["run_torch"]("cuda")
     torch.cuda.synchronize()
-    assert torch.cuda.memory_allocated() == before
+    after = torch.cuda.memory_allocated()
+    # Freed cache blocks may make it smaller; it must not grow.
+    assert after <= before, f"CUDA memory grew from {before} to {after} bytes over 50 rounds of calls"

@@ -212,3 +212,20 @@ def test_ops_run_on_the_current_stream():
         h = fn(**{**x, "q": q}, chunk_size=64)
     torch.cuda.synchronize()
     torch.testing.assert_close(h, expected, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_cuda_segmented_forward_without_grad(dtype):
+    """Few (batch, head) pairs and a long sequence: the CUDA forward walks the sequence in segments
+    side by side. Without autograd there is no saved buffer for the segment states; the results
+    must be those of the same call with autograd, bit for bit."""
+    fn = mt.get_mlstm_kernel("chunkwise--xl_chunk")
+    x = make_inputs(1, 2, 2000, 32, 64, dtype, "cuda", with_initial=True, seed=11)
+    with torch.no_grad():
+        h0, s0 = fn(**x, return_last_states=True, chunk_size=64)
+    leaves = {k: t.detach().clone().requires_grad_(True) for k, t in x.items()}
+    h1, s1 = fn(**leaves, return_last_states=True, chunk_size=64)
+    assert torch.equal(h0, h1.detach())
+    for a, b in zip(s0, s1):
+        assert torch.equal(a, b.detach())

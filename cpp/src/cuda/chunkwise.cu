@@ -194,6 +194,7 @@ struct SavedLayout {
 struct FwdLayout {
   size_t tok = 0, tok_stride = 0, M = 0, seg_start_m = 0, bytes = 0;
   SegmentLayout delta;
+  SegmentLayout start;  // segment start states when the caller keeps no saved buffer (no backward)
   FwdLayout(const Plan& plan, int64_t S, int64_t DHQK, int64_t DHHV, size_t esz) {
     Carve c;
     tok_stride = align_up(size_t(plan.BNH * S) * sizeof(double));
@@ -202,6 +203,7 @@ struct FwdLayout {
     if (plan.n_seg > 1) {
       delta.carve(&c, plan, DHQK, DHHV, true, true);
       seg_start_m = c.take(size_t(plan.n_seg * plan.BNH) * sizeof(float));
+      start.carve(&c, plan, DHQK, DHHV, false, false);
     }
     bytes = c.at;
   }
@@ -339,9 +341,8 @@ mlstm_status run_fwd(const FwdParams& p, const Plan& plan) {
   }
   if (plan.n_seg > 1) {
     // Segment states: the local state of every segment but the last, then their chaining. The
-    // chained states also go to `saved`, where the backward's dq walk starts its segments.
-    if (p.saved == nullptr)
-      return fail(MLSTM_ERROR_INTERNAL, "chunkwise on CUDA: a segmented forward needs the saved buffer");
+    // chained states go to `saved`, where the backward's dq walk starts its segments (to the
+    // workspace when there is no saved buffer, i.e. no backward).
     const SavedLayout sv(plan, p.S, p.DHQK, p.DHHV);
     WalkParams pass = w;
     pass.state_only = true;
@@ -350,7 +351,7 @@ mlstm_status run_fwd(const FwdParams& p, const Plan& plan) {
     CombineParams c = combine_common(plan.BNH, p.NH, p.S, p.DHQK, p.DHHV, plan);
     c.state_in = w.state_in, c.aug_in = w.aug_in, c.m_in = w.m_in;
     c.delta = pass.seg_delta;
-    c.start = sv.seg.at(static_cast<unsigned char*>(p.saved));
+    c.start = p.saved != nullptr ? sv.seg.at(static_cast<unsigned char*>(p.saved)) : ws.start.at(wsb);
     c.start.m = reinterpret_cast<float*>(wsb + ws.seg_start_m);
     MLSTM_RETURN_IF_ERROR(launch_combine(c, stream));
     w.seg_start = c.start;
