@@ -569,9 +569,9 @@ def test_cpu_and_cuda_tensors_are_rejected(kind, name):
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", CORE_TRAINING)
 @pytest.mark.parametrize("dims, message", [
-    (dict(DHQK=24), "DHQK must be a multiple of 16"),
-    (dict(DHHV=1040), "DHHV must be a multiple of 16 and at most"),
-    (dict(DHQK=2048), "DHQK must be a multiple of 16 and at most"),
+    (dict(DHQK=24, DHHV=32), "DHQK must be a multiple of 16"),
+    (dict(DHQK=32, DHHV=1040), "DHHV must be a multiple of 16 and at most"),
+    (dict(DHQK=2048, DHHV=32), "DHQK must be a multiple of 16 and at most"),
 ], ids=["DHQK=24", "DHHV=1040", "DHQK=2048"])
 def test_cuda_head_dim_limits(name, dims, message):
     x = {k: v.cuda() for k, v in make_inputs("training", dtype=torch.bfloat16, states=False, S=32, **dims).items()}
@@ -581,7 +581,7 @@ def test_cuda_head_dim_limits(name, dims, message):
 
 @pytest.mark.gpu
 def test_cuda_parallel_head_dim_limit():
-    x = {k: v.cuda() for k, v in make_inputs("training", dtype=torch.bfloat16, states=False, S=32, DHQK=528).items()}
+    x = {k: v.cuda() for k, v in make_inputs("training", dtype=torch.bfloat16, states=False, S=32, DHQK=528, DHHV=32).items()}
     with pytest.raises(ValueError, match="DHQK must be a multiple of 16 and at most 512"):
         call("training", "parallel--tiled", x)
 
