@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-plot", action="store_true", help="write no plots")
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny shapes on the CPU, all suites, few repeats")
     ap.add_argument("--list", action="store_true", help="list suites, configs and providers, then exit")
-    ap.add_argument("--commit", help="git commit to record where the tree is not a git checkout (a copied tree)")
+    ap.add_argument("--commit", help="git commit to record: the tree the run used (for a copied tree; overrides git)")
     return ap.parse_args(argv)
 
 
@@ -209,8 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         out_dir = REPO / "benchmarks" / "results"
     env = environment(device)
-    if env["git_commit"] is None and args.commit:
+    if args.commit:  # the caller names the tree (a copied tree may carry a stale .git)
         env["git_commit"] = args.commit
+        env["git_dirty"] = False
     copy_gb_s = None
     if "step" in suites:
         copy_gb_s = timing.copy_bandwidth_gbps(device)
