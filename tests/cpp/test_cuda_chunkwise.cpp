@@ -453,6 +453,11 @@ std::vector<Case> small_cases() {
   Case c{1, 1, 520, 16, 32, MLSTM_BFLOAT16};
   c.initial = c.dlast = true;
   cs.push_back(c);
+  // The register walks (value dims divisible by 64 and 128, a contraction in two parts for the
+  // backward), segmented as well: ten chunks for one (b, h).
+  Case d{1, 1, 600, 64, 128, MLSTM_BFLOAT16};
+  d.initial = d.last = d.dlast = true;
+  cs.push_back(d);
   return cs;
 }
 
@@ -493,6 +498,11 @@ std::vector<Case> all_cases() {
   big32.dtype = MLSTM_FLOAT32;
   big32.S = 70;
   cs.push_back(big32);
+  // Config-A head dims, segmented (18 chunks, 8 blocks): the register walks' state-only pass and
+  // segment starts, forward and backward.
+  Case big_seg{1, 2, 1100, 256, 512, MLSTM_BFLOAT16};
+  big_seg.initial = big_seg.last = big_seg.dlast = true;
+  cs.push_back(big_seg);
   Case wide{1, 1, 100, 1024, 48, MLSTM_BFLOAT16};
   wide.initial = true;
   cs.push_back(wide);

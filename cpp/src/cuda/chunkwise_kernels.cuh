@@ -221,7 +221,6 @@ __global__ void __launch_bounds__(kWalkThreads, 1) chunkwise_walk_kernel(const W
   const int64_t bh = blockIdx.y, b = bh / p.NH, h = bh % p.NH;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int NC = int(p.NC);
 
   const WalkSmem<Elem> L(p.DA, DBs);
   unsigned char* smem = dynamic_smem();
@@ -242,11 +241,8 @@ __global__ void __launch_bounds__(kWalkThreads, 1) chunkwise_walk_kernel(const W
   const int DHQK = natural ? p.DB : p.DA, DHHV = natural ? p.DA : p.DB;
 
   // This block's segment of the sequence and its place in the walk.
-  const int seg = int(blockIdx.z) + p.seg_offset;
-  const int c_begin = seg * p.seg_chunks;
-  const int n_it = min(NC, c_begin + p.seg_chunks) - c_begin;
-  const bool starts_walk = reverse ? seg == p.n_seg - 1 : seg == 0;
-  const bool ends_walk = reverse ? seg == 0 : seg == p.n_seg - 1;
+  const WalkPlace at(p, reverse);
+  const int n_it = at.n_it;
   const bool outputs = !p.state_only;
 
   // Output tile (kT x DBs): rows 16*rb.., columns ocol..ocol+kOutCols.
@@ -258,14 +254,7 @@ __global__ void __launch_bounds__(kWalkThreads, 1) chunkwise_walk_kernel(const W
   const bool upd_warp = ucg < G::kUpdCG;
   const int urow = 16 * urb, ucol = ucg * G::kUpdCols;
 
-  WalkStart from;  // zeros (a state-only pass) unless the user's or a segment's state is given
-  if (!p.state_only) {
-    if (starts_walk) {
-      from.state = p.state_in, from.aug = p.aug_in, from.m = p.m_in;
-    } else {
-      from = segment_view(p.seg_start, seg, p.BNH, p.NH, DHQK, DHHV);
-    }
-  }
+  const WalkStart from = walk_start(p, at, DHQK, DHHV);
   walk_load_state(p, from, b, h, db0, DBs, St, ldS, DBs, L.DA_pad, nvec, srow);
   // m before the walk: the user's m_initial (0 when absent), a segment's start, or -inf for the
   // local state of a segment (kFwd; the backward walks take every m from the saved m_t).
@@ -273,7 +262,7 @@ __global__ void __launch_bounds__(kWalkThreads, 1) chunkwise_walk_kernel(const W
   const double m_initial = p.m_in.data != nullptr ? *p.m_in.row<float>(b, h, 0) : 0.0;
   double g_total = 0.0;
 
-  auto chunk_at = [&](int it) { return reverse ? c_begin + n_it - 1 - it : c_begin + it; };
+  auto chunk_at = [&](int it) { return at.chunk_at(it, reverse); };
   auto a_tile = [&](int slot) { return ring + (2 * slot) * kT * ldE; };
   auto b_tile = [&](int slot) { return ring + (2 * slot + 1) * kT * ldE; };
   auto issue_ab = [&](int k, int j, int slot) {
@@ -462,15 +451,7 @@ __global__ void __launch_bounds__(kWalkThreads, 1) chunkwise_walk_kernel(const W
   }
   cp_async_wait<0>();
   __syncthreads();
-  WalkEnd end;
-  if (p.state_only) {
-    const WalkStart d = segment_view(p.seg_delta, seg, p.BNH, p.NH, DHQK, DHHV);
-    end.state_out = d.state, end.aug_out = d.aug, end.m_out = d.m;
-    end.g_out = p.seg_delta.g + seg * p.BNH;
-  } else if (ends_walk) {
-    end.state_out = p.state_out, end.aug_out = p.aug_out, end.m_out = p.m_last;
-    end.state_dot = p.state_dot, end.aug_dot = p.aug_dot, end.end_part = p.end_part;
-  }
+  const WalkEnd end = walk_end(p, at, DHQK, DHHV);
   walk_finish(p, end, b, h, bh, slice, db0, DBs, St, ldS, nvec, srow, float(m_k), float(g_total), tmp);
 }
 

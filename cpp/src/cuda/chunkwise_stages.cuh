@@ -344,6 +344,55 @@ struct WalkEnd {
   float* end_part = nullptr;  // (n_slices, B*NH)
 };
 
+// Where a walk block stands: its segment of the sequence and that segment's place in the walk.
+struct WalkPlace {
+  int seg = 0, c_begin = 0, n_it = 0;
+  bool starts_walk = false, ends_walk = false;
+  __device__ WalkPlace(const WalkParams& p, bool reverse) {
+    seg = int(blockIdx.z) + p.seg_offset;
+    c_begin = seg * p.seg_chunks;
+    n_it = min(int(p.NC), c_begin + p.seg_chunks) - c_begin;
+    starts_walk = reverse ? seg == p.n_seg - 1 : seg == 0;
+    ends_walk = reverse ? seg == 0 : seg == p.n_seg - 1;
+  }
+  // The chunk of iteration it (backward walks run from the segment's end).
+  __device__ int chunk_at(int it, bool reverse) const { return reverse ? c_begin + n_it - 1 - it : c_begin + it; }
+};
+
+// The state a walk block starts from: zeros for a state-only pass, else the user's initial state
+// (first segment in walk order) or the segment's start state.
+__device__ inline WalkStart walk_start(const WalkParams& p, const WalkPlace& at, int DHQK, int DHHV) {
+  WalkStart from;
+  if (p.state_only) return from;
+  if (at.starts_walk) {
+    from.state = p.state_in, from.aug = p.aug_in, from.m = p.m_in;
+    return from;
+  }
+  return segment_view(p.seg_start, at.seg, p.BNH, p.NH, DHQK, DHHV);
+}
+
+// What a walk block leaves at its end: a state-only pass its segment's local state; the block that
+// ends the walk the caller's outputs; any other block nothing.
+__device__ inline WalkEnd walk_end(const WalkParams& p, const WalkPlace& at, int DHQK, int DHHV) {
+  WalkEnd end;
+  if (p.state_only) {
+    const WalkStart d = segment_view(p.seg_delta, at.seg, p.BNH, p.NH, DHQK, DHHV);
+    end.state_out = d.state, end.aug_out = d.aug, end.m_out = d.m;
+    end.g_out = p.seg_delta.g + at.seg * p.BNH;
+  } else if (at.ends_walk) {
+    end.state_out = p.state_out, end.aug_out = p.aug_out, end.m_out = p.m_last;
+    end.state_dot = p.state_dot, end.aug_dot = p.aug_dot, end.end_part = p.end_part;
+  }
+  return end;
+}
+
+// Element (v, d) of a (DHQK, DHHV) state for a walk with value index v and contraction index d:
+// natural (v = DHQK row) or transposed (v = DHHV column).
+template <typename T>
+__device__ __forceinline__ T& state_at(T* X, int64_t s_row, bool natural, int v, int d) {
+  return natural ? X[int64_t(v) * s_row + d] : X[int64_t(d) * s_row + v];
+}
+
 // Writes the state (c_last, dc_initial or a segment's local state), the extra vector (n_last,
 // dn_initial), m, and the partial dot products with given states.
 __device__ inline void walk_finish(const WalkParams& p, const WalkEnd& e, int64_t b, int64_t h, int64_t bh, int slice,

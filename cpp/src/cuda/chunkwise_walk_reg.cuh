@@ -73,7 +73,6 @@ __global__ void __launch_bounds__(RegGeom<DBs, KP, KW>::kThreadCount, 1) chunkwi
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t4 = lane & 3, q = lane >> 3, r = lane & 7;
   const int rg = warp % G::kRG, kp = warp / G::kRG;
-  const int NC = int(p.NC);
 
   const L lay;
   unsigned char* smem = dynamic_smem();
@@ -93,11 +92,8 @@ __global__ void __launch_bounds__(RegGeom<DBs, KP, KW>::kThreadCount, 1) chunkwi
   const bool natural = state_is_natural(mode);
   const int DHQK = natural ? p.DB : p.DA, DHHV = natural ? p.DA : p.DB;
 
-  const int seg = int(blockIdx.z) + p.seg_offset;
-  const int c_begin = seg * p.seg_chunks;
-  const int n_it = min(NC, c_begin + p.seg_chunks) - c_begin;
-  const bool starts_walk = reverse ? seg == p.n_seg - 1 : seg == 0;
-  const bool ends_walk = reverse ? seg == 0 : seg == p.n_seg - 1;
+  const WalkPlace at(p, reverse);
+  const int n_it = at.n_it;
   const bool outputs = !p.state_only;
 
   // The state slice in registers, and the element each register holds.
@@ -105,14 +101,7 @@ __global__ void __launch_bounds__(RegGeom<DBs, KP, KW>::kThreadCount, 1) chunkwi
   auto st_row = [&](int e) { return db0 + 16 * rg + g + 8 * (e >> 1); };          // value index
   auto st_col = [&](int n, int e) { return kp * KW + 8 * n + 2 * t4 + (e & 1); };  // contraction index
 
-  WalkStart from;
-  if (!p.state_only) {
-    if (starts_walk) {
-      from.state = p.state_in, from.aug = p.aug_in, from.m = p.m_in;
-    } else {
-      from = segment_view(p.seg_start, seg, p.BNH, p.NH, DHQK, DHHV);
-    }
-  }
+  const WalkStart from = walk_start(p, at, DHQK, DHHV);
   {
     const float* X = from.state.data != nullptr ? from.state.data + from.state.offset(b, h) : nullptr;
 #pragma unroll
@@ -121,8 +110,7 @@ __global__ void __launch_bounds__(RegGeom<DBs, KP, KW>::kThreadCount, 1) chunkwi
       for (int e = 0; e < 4; ++e) {
         const int v = st_row(e), d = st_col(n, e);
         float x = 0.f;
-        if (X != nullptr && d < p.DA)
-          x = natural ? X[int64_t(v) * from.state.s_row + d] : X[int64_t(d) * from.state.s_row + v];
+        if (X != nullptr && d < p.DA) x = state_at(X, from.state.s_row, natural, v, d);
         st[n][e] = x;
       }
     }
@@ -136,7 +124,7 @@ __global__ void __launch_bounds__(RegGeom<DBs, KP, KW>::kThreadCount, 1) chunkwi
   const double m_initial = p.m_in.data != nullptr ? *p.m_in.row<float>(b, h, 0) : 0.0;
   double g_total = 0.0;
 
-  auto chunk_at = [&](int it) { return reverse ? c_begin + n_it - 1 - it : c_begin + it; };
+  auto chunk_at = [&](int it) { return at.chunk_at(it, reverse); };
   auto a_tile = [&](int slot, int part) { return ring + ((slot * KP + part) * 2) * kT * ldE; };
   auto b_tile = [&](int slot, int part) { return ring + ((slot * KP + part) * 2 + 1) * kT * ldE; };
   auto issue_ab = [&](int k, int jj, int slot) {
@@ -424,15 +412,7 @@ __global__ void __launch_bounds__(RegGeom<DBs, KP, KW>::kThreadCount, 1) chunkwi
   __syncthreads();
 
   // The walk's end: the state, the extra vector, m, and partial dot products with given states.
-  WalkEnd end;
-  if (p.state_only) {
-    const WalkStart d = segment_view(p.seg_delta, seg, p.BNH, p.NH, DHQK, DHHV);
-    end.state_out = d.state, end.aug_out = d.aug, end.m_out = d.m;
-    end.g_out = p.seg_delta.g + seg * p.BNH;
-  } else if (ends_walk) {
-    end.state_out = p.state_out, end.aug_out = p.aug_out, end.m_out = p.m_last;
-    end.state_dot = p.state_dot, end.aug_dot = p.aug_dot, end.end_part = p.end_part;
-  }
+  const WalkEnd end = walk_end(p, at, DHQK, DHHV);
   float part = 0.f;
   {
     float* Xo = end.state_out.data != nullptr ? end.state_out.data + end.state_out.offset(b, h) : nullptr;
@@ -443,14 +423,8 @@ __global__ void __launch_bounds__(RegGeom<DBs, KP, KW>::kThreadCount, 1) chunkwi
       for (int e = 0; e < 4; ++e) {
         const int v = st_row(e), d = st_col(n, e);
         if (d >= p.DA) continue;
-        if (Xo != nullptr) {
-          if (natural)
-            Xo[int64_t(v) * end.state_out.s_row + d] = st[n][e];
-          else
-            Xo[int64_t(d) * end.state_out.s_row + v] = st[n][e];
-        }
-        if (Xd != nullptr)
-          part += st[n][e] * (natural ? Xd[int64_t(v) * end.state_dot.s_row + d] : Xd[int64_t(d) * end.state_dot.s_row + v]);
+        if (Xo != nullptr) state_at(Xo, end.state_out.s_row, natural, v, d) = st[n][e];
+        if (Xd != nullptr) part += st[n][e] * state_at(Xd, end.state_dot.s_row, natural, v, d);
       }
     }
   }
