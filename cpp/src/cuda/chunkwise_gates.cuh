@@ -85,9 +85,13 @@ __device__ inline GateCarry gate_scan_range(const GatesParams& p, int64_t bh, in
   return c;
 }
 
+// Dynamic shared memory of the gate kernel: the ranges' totals, their chained carries, their flags.
+constexpr size_t kGateSmemBytes = 2 * kGateWarps * sizeof(GateCarry) + kGateWarps * sizeof(int);
+
 __global__ void __launch_bounds__(kGateWarps * 32) chunkwise_bwd_gates_kernel(const GatesParams p) {
-  __shared__ GateCarry local[kGateWarps], chained[kGateWarps];
-  __shared__ bool inner[kGateWarps];
+  GateCarry* local = reinterpret_cast<GateCarry*>(dynamic_smem());
+  GateCarry* chained = local + kGateWarps;
+  int* inner = reinterpret_cast<int*>(chained + kGateWarps);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t bh = blockIdx.x;
   const int64_t b = bh / p.NH, h = bh % p.NH;
@@ -102,7 +106,7 @@ __global__ void __launch_bounds__(kGateWarps * 32) chunkwise_bwd_gates_kernel(co
   const int64_t begin = min(p.S, warp * per), end = min(p.S, begin + per);
   bool inner_ib = false;
   const GateCarry mine = gate_scan_range(p, bh, b, h, begin, end, GateCarry{0.f, 0.f, false}, lam, m0, dml, false, &inner_ib);
-  if (lane == 0) local[warp] = mine, inner[warp] = inner_ib;
+  if (lane == 0) local[warp] = mine, inner[warp] = int(inner_ib);
   __syncthreads();
   if (threadIdx.x == 0) {
     // Chain from the last range: the carry into range w is the true state at range w+1's first token.
@@ -110,7 +114,7 @@ __global__ void __launch_bounds__(kGateWarps * 32) chunkwise_bwd_gates_kernel(co
     for (int w = kGateWarps - 1; w >= 0; --w) {
       chained[w] = c;
       const GateCarry& l = local[w];
-      const bool reaches = !inner[w] && !c.next_ib;  // does the carry reach the range's first token?
+      const bool reaches = inner[w] == 0 && !c.next_ib;  // does the carry reach the range's first token?
       const bool empty = w * per >= p.S;
       if (!empty) {
         c = GateCarry{c.sum + l.sum, l.a + (reaches ? c.a : 0.f), l.next_ib};

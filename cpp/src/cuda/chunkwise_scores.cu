@@ -32,7 +32,7 @@ mlstm_status launch_bwd_scores(const BwdScoreParams& p, cudaStream_t stream) {
 
 mlstm_status launch_bwd_gates(const GatesParams& p, cudaStream_t stream) {
   const dim3 grid(unsigned(p.BNH));  // one block per (b, h)
-  MLSTM_CHUNKWISE_LAUNCH(chunkwise_bwd_gates_kernel, grid, kGateWarps * 32, 0, stream, p);
+  MLSTM_CHUNKWISE_LAUNCH(chunkwise_bwd_gates_kernel, grid, kGateWarps * 32, kGateSmemBytes, stream, p);
   MLSTM_CUDA_CHECK_LAUNCH("chunkwise_bwd_gates_kernel");
   return MLSTM_OK;
 }
