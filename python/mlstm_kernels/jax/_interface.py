@@ -51,6 +51,14 @@ class _Jax(_wrappers.Framework):
     def zeros(self, like, shape, dtype):
         return jnp.zeros(shape, dtype)
 
+    def floating_dtype(self, dtype):
+        # jnp.dtype reads names, scalar types and numpy dtypes alike; None would mean float64, refuse it.
+        try:
+            d = None if dtype is None else jnp.dtype(dtype)
+        except (TypeError, ValueError):
+            return None
+        return d if d in _FLOAT_DTYPES else None
+
 
 def _state_dtype(x: _wrappers.Prepared) -> str:
     return jnp.dtype(x.c.dtype).name
