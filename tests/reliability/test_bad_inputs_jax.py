@@ -234,12 +234,10 @@ def test_bad_dtype_state_is_rejected(kind, name, dtype_state):
 def test_dtype_state_by_name(kind, name):
     """JAX reads dtype names as dtypes: "bfloat16" works like jnp.bfloat16."""
     x = make_inputs(kind, name, dtype=np.float32)
-    by_name = _flat(call(kind, name, x, dtype_state="bfloat16"))
-    by_type = _flat(call(kind, name, x, dtype_state=jnp.bfloat16))
-    for a, b in zip(by_name, by_type):
+    by_name = call(kind, name, x, dtype_state="bfloat16")
+    assert all(s.dtype == jnp.bfloat16 for s in by_name[1])
+    for a, b in zip(_flat(by_name), _flat(call(kind, name, x, dtype_state=jnp.bfloat16))):
         np.testing.assert_array_equal(a, b)
-    out = call(kind, name, x, dtype_state="bfloat16")
-    assert all(s.dtype == jnp.bfloat16 for s in out[1])
 
 
 # The backend module: inference and train_with_padding cut or pad the sequence, so they validate the
@@ -286,6 +284,15 @@ def test_backend_module_bad_input(kernels, mutate, message, mode):
             else:
                 jax.jit(lambda a: backend.apply({}, **a) if hasattr(backend, "apply") else backend(**a))(x)
         assert f"{mode}: {message}" in str(info.value), f"{mode} ({how}): {str(info.value)!r}"
+
+
+@pytest.mark.parametrize("mode", ["inference", "train_with_padding"])
+def test_backend_module_non_array(mode):
+    backend = mLSTMBackend(mLSTMBackendConfig(mode=mode, chunk_size=16))
+    x = {k: jnp.asarray(v) for k, v in make_inputs("training", "parallel--tiled").items()}
+    x["i"] = np.asarray(x["i"]).tolist()
+    with pytest.raises(TypeError, match=f"{mode}: i must be an array, got list"):
+        backend.apply({}, **x) if hasattr(backend, "apply") else backend(**x)
 
 
 def test_backend_module_empty_sequence():

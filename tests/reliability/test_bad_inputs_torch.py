@@ -536,6 +536,14 @@ def test_backend_module_bad_input(kernels, case, mode, mutate, message):
     assert message in str(info.value)
 
 
+@pytest.mark.parametrize("mode", ["inference", "train_with_padding"])
+def test_backend_module_non_tensor(mode):
+    backend = mLSTMBackend(mLSTMBackendConfig(chunkwise_kernel="chunkwise--limit_chunk", mode=mode, chunk_size=16))
+    x = make_inputs("training", states=False, S=40)
+    with pytest.raises(TypeError, match=f"{mode}: i must be an array, got list"):
+        backend(**{**x, "i": x["i"].tolist()})
+
+
 @pytest.mark.parametrize("mode", ["train", "inference"])
 def test_backend_module_bad_chunk_size(mode):
     backend = mLSTMBackend(mLSTMBackendConfig(chunkwise_kernel="chunkwise--limit_chunk", sequence_kernel="fused_sequence",

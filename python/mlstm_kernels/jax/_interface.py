@@ -10,6 +10,7 @@ JAX specifics:
   ``autocast_kernel_dtype`` is accepted for signature compatibility and has no effect — torch also
   ignores it outside an autocast region;
 * ``eps``, ``chunk_size`` and ``return_last_states`` are static (Python values, also under jit);
+* ``dtype_state`` is anything ``jnp.dtype`` reads (``jnp.bfloat16``, ``"bfloat16"``), static too;
 * the core step kernel updates the states in place where XLA can donate them.
 """
 
