@@ -258,6 +258,18 @@ def check_shapes(
     return Dims(B, NH, S, DHQK, DHHV)
 
 
+# The dtypes the recurrent states of the sequence and step kernels may have (``dtype_state``): every
+# floating dtype the kernels compute in; the core takes float64 on CPU only.
+STATE_DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+def state_dtype_error(kernel: str, dtype_state) -> ValueError:
+    return ValueError(
+        f"{kernel}: dtype_state must be a floating dtype, one of {', '.join(STATE_DTYPES[:3])} "
+        f"({STATE_DTYPES[3]} on CPU), got {dtype_state!r}"
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # The backend module's configuration (upstream's fields, defaults and validation), shared by
 # mlstm_kernels.torch.backend_module and mlstm_kernels.jax.backend_module.
@@ -341,3 +353,45 @@ class mLSTMBackendConfig:
         check_kernel_name("training", self.chunkwise_kernel)
         check_kernel_name("sequence", self.sequence_kernel)
         check_kernel_name("step", self.step_kernel)
+
+
+def check_backend_inputs(mode: str, arrays: Mapping[str, object]) -> Dims:
+    """Validate the shapes the caller gave the backend module, before it slices or pads anything.
+
+    `arrays` maps q, k, v, i, f, c_initial, n_initial, m_initial to arrays (None for absent states).
+    Raises TypeError for a non-array and ValueError naming the mode, the argument and the expected
+    shape. The kernels check dtypes and devices themselves; shapes must be checked here because the
+    modes read S from q and cut the sequence into parts first.
+    """
+    shapes = {}
+    for name, x in arrays.items():
+        if x is not None and not hasattr(x, "shape"):
+            raise TypeError(f"{mode}: {name} must be an array, got {type(x).__name__}")
+        shapes[name] = None if x is None else tuple(x.shape)
+    q = shapes["q"]
+    if mode == "inference" and len(q) == 4 and q[2] == 0:
+        raise ValueError(f"inference: the sequence is empty (S={q[2]}); need S >= 1")
+    try:
+        return check_shapes(shapes)
+    except ValueError as e:
+        raise ValueError(f"{mode}: {e}") from None
+
+
+def training_kernel_has_states(name: str) -> bool:
+    """Whether the training kernel `name` (ours or upstream's) takes and returns states (chunkwise)."""
+    return not KERNELS[resolve_kernel_name("training", name, TRAINING_KERNELS)].stateless
+
+
+def inference_segments(S: int, chunk_size: int, training_has_states: bool) -> list[tuple[str, int, int]]:
+    """How the backend's inference mode covers a sequence of length S: a list of (registry, start,
+    stop) with registry "step", "training" or "sequence", in order, states passed from one to the next.
+
+    S == 1 goes to the step kernel. Otherwise, as upstream, the training kernel takes the largest
+    multiple of chunk_size and the sequence kernel the tail. A parallel training kernel has no
+    states to pass on (training_has_states=False): the sequence kernel then takes the whole sequence.
+    """
+    if S == 1:
+        return [("step", 0, 1)]
+    S_chunks = (S // chunk_size) * chunk_size if training_has_states else 0
+    segments = [("training", 0, S_chunks)] if S_chunks else []
+    return segments + ([("sequence", S_chunks, S)] if S_chunks < S else [])

@@ -21,8 +21,8 @@ What every function does before its kernel runs, identically for native and core
 both frameworks:
 
 * validation: arrays of the framework, floating dtypes (the framework also checks devices), shapes by
-  ``_spec.check_shapes``; a ValueError names the kernel and the argument. A parallel kernel refuses
-  states; a step kernel needs them;
+  ``_spec.check_shapes``, ``dtype_state`` (one of ``_spec.STATE_DTYPES``); a ValueError names the
+  kernel and the argument. A parallel kernel refuses states; a step kernel needs them;
 * dtypes: q, k, v in the kernel dtype (the framework decides it: torch autocast, see its layer);
   gates i, f in float32 (float64 when q, k, v are float64); states of the training forms in float32
   (float64 likewise), of the recurrent forms in ``dtype_state``; an m of shape (B, NH) is read as
@@ -88,6 +88,10 @@ class Framework:
     def zeros(self, like, shape: tuple[int, ...], dtype):
         raise NotImplementedError
 
+    def floating_dtype(self, dtype):
+        """`dtype` as the framework's dtype if it names one of ``_spec.STATE_DTYPES``, else None."""
+        raise NotImplementedError
+
     def run_context(self, autocast: bool, q):
         """The context the kernel runs in (torch: autocast disabled inside an autocast region)."""
         return nullcontext()
@@ -101,6 +105,14 @@ def _cast(fw: Framework, x, dtype):
 def _three_dims(x, B: int, NH: int):
     # m (B, NH) -> (B, NH, 1), as are step gates (B, NH).
     return x if x is None or x.ndim == 3 else x.reshape(B, NH, 1)
+
+
+def check_state_dtype(fw: Framework, kernel: str, dtype_state):
+    """The recurrent kernels' ``dtype_state`` as the framework's dtype; ValueError if it is not floating."""
+    dtype = fw.floating_dtype(dtype_state)
+    if dtype is None:
+        raise _spec.state_dtype_error(kernel, dtype_state)
+    return dtype
 
 
 def prepare(fw: Framework, kernel: str, q, k, v, i, f, c, n, m, autocast_kernel_dtype,
@@ -252,6 +264,7 @@ def _sequence_kernel(fw: Framework, spec: _spec.Kernel, run: SequenceRun):
         autocast_kernel_dtype: DType = fw.bfloat16,
         **kwargs,
     ):
+        dtype_state = check_state_dtype(fw, kernel, dtype_state)
         x = prepare(fw, kernel, q, k, v, i, f, c_initial, n_initial, m_initial, autocast_kernel_dtype,
                     state_dtype=dtype_state)
         if x.c is None:
@@ -283,6 +296,7 @@ def _step_kernel(fw: Framework, spec: _spec.Kernel, run: StepRun):
         autocast_kernel_dtype: DType = fw.bfloat16,
         **kwargs,
     ):
+        dtype_state = check_state_dtype(fw, kernel, dtype_state)
         x = prepare(fw, kernel, q, k, v, i, f, c, n, m, autocast_kernel_dtype, state_dtype=dtype_state, step=True)
         with x.context:
             return run(x, float(eps), kwargs)

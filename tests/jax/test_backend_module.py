@@ -111,3 +111,48 @@ def test_inference_prefill_then_decode(kernel, sequence, step):
     for what, got, ref in zip("cnm", states, last_ref):
         utils.compare(f"backend inference {what}", got, ref, target=f"{kernel}+{sequence}+{step}", baseline="reference_fp64",
                       shape_info=info, dtype="float64", tol_rel=1e-5)
+
+
+@pytest.mark.parametrize("S", [1, 16, 20, 32], ids=lambda S: f"S={S}")
+def test_inference_state_dtype(S):
+    """Inference hands out states in inference_state_dtype whichever kernel ran last: the step (S=1),
+    the chunkwise kernel alone (S=16, 32 with chunk_size 16; its states are float32) or the tail."""
+    seed = secrets.randbits(31)
+    x = utils.cast_inputs(utils.make_inputs(1, 2, S, 16, 16, seed=seed, f_bias=2.0), "float32")
+    backend = bm.mLSTMBackend(bm.mLSTMBackendConfig(
+        chunkwise_kernel="chunkwise--limit_chunk", sequence_kernel="fused_sequence", step_kernel="fused",
+        mode="inference", chunk_size=16, eps=EPS, inference_state_dtype="bfloat16"))
+    h, states = jax.jit(lambda x: _call(backend, **x))(x)
+    assert all(s.dtype == jnp.bfloat16 for s in states)
+    h1, states1 = _call(backend, *(x[k][:, :, :1] for k in ("q", "k", "v", "i", "f")), *states)
+    assert h1.shape == (1, 2, 1, 16) and all(s.dtype == jnp.bfloat16 for s in states1)
+    h_ref, last_ref = mlstm_recurrent_reference(**utils.as_float64(x), eps=EPS)
+    info = utils.shape_info(1, 2, S, 16, 16, seed=seed)
+    utils.compare("backend inference (bf16 states) h", h, h_ref, target="chunkwise--limit_chunk", baseline="reference_fp64",
+                  shape_info=info, dtype="bfloat16", tol_rel=utils.derived_tolerance(0.0, "bfloat16"))
+    # Each bfloat16 step of the tail rounds the state (m first, c and n rescaled to it): error ~ sqrt(roundings).
+    tol = min(utils.derived_tolerance(0.0, "bfloat16") * np.sqrt(max(1, S % 16)), 2e-2)
+    for what, got, ref in zip("cnm", states, last_ref):
+        utils.compare(f"backend inference (bf16 states) {what}", got, ref, target="chunkwise--limit_chunk",
+                      baseline="reference_fp64", shape_info=info, dtype="bfloat16", tol_rel=tol)
+
+
+def test_inference_low_precision_states_keep_the_true_state():
+    """Converting the chunkwise kernel's float32 states to bfloat16 rounds m first and rescales c, n to
+    it: the true state exp(m)·c, exp(m)·n then carries one bfloat16 rounding of c, n, whereas casting
+    the three separately would add the rounding of m (|m| ≈ 10..25 here: up to ~5 %)."""
+    x = utils.cast_inputs(utils.make_inputs(2, 4, 32, 16, 16, seed=secrets.randbits(31), i_scale=8.0, f_bias=2.0), "float32")
+    config = dict(chunkwise_kernel="chunkwise--limit_chunk", sequence_kernel="fused_sequence", step_kernel="fused",
+                  mode="inference", chunk_size=16, eps=EPS)
+    _, low = _call(bm.mLSTMBackend(bm.mLSTMBackendConfig(**config, inference_state_dtype="bfloat16")), **x)
+    _, full = _call(bm.mLSTMBackend(bm.mLSTMBackendConfig(**config, inference_state_dtype="float32")), **x)
+    assert float(jnp.max(jnp.abs(full[2]))) > 8  # the rounding of m matters
+
+    def true_state(a, m):  # a: c (B, NH, DHQK, DHHV) or n (B, NH, DHQK); m (B, NH, 1)
+        w = np.exp(np.asarray(m, np.float64))
+        return np.asarray(a, np.float64) * (w[..., None] if a.ndim == 4 else w)
+
+    for what, index in (("c", 0), ("n", 1)):
+        lo, hi = true_state(low[index], low[2]), true_state(full[index], full[2])
+        err = max(utils.rel_error(lo[b, h], hi[b, h]) for b in range(lo.shape[0]) for h in range(lo.shape[1]))
+        assert err <= 2.0**-8, f"true state {what}: relative error {err:.2e} (worst head) > one bfloat16 rounding"

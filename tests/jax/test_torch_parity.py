@@ -131,3 +131,31 @@ def test_step_kernels(name, dtype):
         xs.update(c_initial=x["c"], n_initial=x["n"], m_initial=x["m"])
         results.append(run(wrapped, xs, {}, dtype, False, True))
     _compare(name, dtype, seed, *results)
+
+
+@pytest.mark.parametrize("S_run", [1, 16, 37], ids=lambda S: f"S={S}")
+@pytest.mark.parametrize("chunkwise", ["chunkwise--limit_chunk", "parallel--tiled"])
+def test_backend_inference(chunkwise, S_run):
+    """Both backends split an inference call the same way (_spec.inference_segments; a parallel kernel
+    leaves the whole sequence to the sequence kernel) and return states in inference_state_dtype."""
+    seed, x, _ = _inputs(True)
+    x = {k: (v[:, :, :S_run] if k not in utils.STATE_KEYS else v) for k, v in x.items()}
+    from mlstm_kernels.jax import backend_module as jax_bm
+    from mlstm_kernels.torch import backend_module as torch_bm
+
+    cfg = dict(chunkwise_kernel=chunkwise, sequence_kernel="fused_sequence", step_kernel="fused", mode="inference",
+               chunk_size=16, eps=EPS, inference_state_dtype="bfloat16")
+    t_h, t_states = torch_bm.mLSTMBackend(torch_bm.mLSTMBackendConfig(**cfg))(
+        **{k: torch.tensor(v, dtype=torch.float32) for k, v in x.items()})
+    j_backend = jax_bm.mLSTMBackend(jax_bm.mLSTMBackendConfig(**cfg))
+    xj = utils.cast_inputs(x, "float32")
+    j_h, j_states = j_backend.apply({}, **xj) if hasattr(j_backend, "apply") else j_backend(**xj)
+    assert t_h.dtype == torch.float32 and j_h.dtype == jnp.float32
+    assert all(t.dtype == torch.bfloat16 for t in t_states) and all(j.dtype == jnp.bfloat16 for j in j_states)
+    info = utils.shape_info(B, NH, S_run, DHQK, DHHV, seed=seed)
+    # The same core kernels on the same bytes; the rescaling of the chunkwise states to bfloat16 uses
+    # each framework's exp, which may differ in the last float32 bit (then one bfloat16 rounding).
+    for what, t_val, j_val in zip(("h", "c", "n", "m"), (t_h, *t_states), (j_h, *j_states)):
+        utils.compare(f"backend inference {what}", j_val, t_val.float().numpy(), target=f"jax backend {chunkwise}",
+                      baseline=f"torch backend {chunkwise}", shape_info=info, dtype="bfloat16",
+                      tol_rel=0.0 if what == "h" else 2.0**-8)

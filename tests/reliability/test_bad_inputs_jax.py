@@ -16,6 +16,8 @@ the parallel form, two-of-three states, c_initial shape, k dtype, v shape, integ
 | chunk_size 12, 0, None       | core chunkwise | "chunk_size"                                       |
 | DHQK = 2^20 + 1              | core  | "DHQK must be a multiple of 1 and at most 1048576"          |
 | eps NaN, inf                 | core  | "eps must be finite and >= 0"                               |
+| dtype_state int32, bool, complex64, "int8", None | recurrent | "dtype_state must be a floating dtype, one of ..." |
+| backend: q rank 3, i rank 2, v with S + 1, m alone (inference, train_with_padding) | | "<mode>: <name> must have shape ..." with the caller's S |
 | negative-stride numpy views  | all   | correct result: JAX copies the view into an array           |
 | float16 gates, float32 q     | all   | correct result: gates are cast to float32                   |
 """
@@ -33,6 +35,7 @@ import jax.numpy as jnp  # noqa: E402
 jax.config.update("jax_enable_x64", True)
 
 import mlstm_kernels.jax as mj  # noqa: E402
+from mlstm_kernels.jax.backend_module import mLSTMBackend, mLSTMBackendConfig  # noqa: E402
 from mlstm_kernels.jax.reference import mlstm_parallel_reference, mlstm_recurrent_reference  # noqa: E402
 
 B, NH, S, DHQK, DHHV = 2, 3, 20, 8, 12
@@ -205,3 +208,95 @@ def test_nan_input_reaches_exactly_its_dependents(name):
     clean = make_inputs(kind, name)
     ref = _reference(kind, name, clean)[0]
     np.testing.assert_allclose(h[~expected], np.asarray(ref)[~expected], rtol=1e-9, atol=1e-12)
+
+
+RECURRENT_ENTRY_POINTS = [(k, n) for k, n in ENTRY_POINTS if k != "training"]
+
+
+@pytest.mark.parametrize("dtype_state", [jnp.int32, jnp.bool_, jnp.complex64, "int8", None],
+                         ids=["int32", "bool", "complex64", "str-int8", "None"])
+@pytest.mark.parametrize("kind, name", RECURRENT_ENTRY_POINTS, ids=[n for _, n in RECURRENT_ENTRY_POINTS])
+def test_bad_dtype_state_is_rejected(kind, name, dtype_state):
+    """dtype_state is checked before anything runs, eagerly and under jit (it is static)."""
+    x = {k: jnp.asarray(v) for k, v in make_inputs(kind, name, dtype=np.float32).items()}
+    for how in ("eager", "jit"):
+        with pytest.raises(ValueError) as info:
+            if how == "eager":
+                call(kind, name, x, dtype_state=dtype_state)
+            else:
+                jax.jit(lambda arrays: call(kind, name, arrays, dtype_state=dtype_state))(x)
+        message = str(info.value)
+        assert f"{name}: dtype_state must be a floating dtype, one of float32, float16, bfloat16 (float64 on CPU)" in message
+        assert repr(dtype_state) in message
+
+
+@pytest.mark.parametrize("kind, name", RECURRENT_ENTRY_POINTS, ids=[n for _, n in RECURRENT_ENTRY_POINTS])
+def test_dtype_state_by_name(kind, name):
+    """JAX reads dtype names as dtypes: "bfloat16" works like jnp.bfloat16."""
+    x = make_inputs(kind, name, dtype=np.float32)
+    by_name = call(kind, name, x, dtype_state="bfloat16")
+    assert all(s.dtype == jnp.bfloat16 for s in by_name[1])
+    for a, b in zip(_flat(by_name), _flat(call(kind, name, x, dtype_state=jnp.bfloat16))):
+        np.testing.assert_array_equal(a, b)
+
+
+# The backend module: inference and train_with_padding cut or pad the sequence, so they validate the
+# caller's shapes first (S = 20 here; train_with_padding pads it to 32).
+def _rank3_q(x):
+    return {**x, "q": x["q"][:, :, 0]}
+
+
+def _rank2_i(x):
+    return {**x, "i": x["i"][..., 0]}
+
+
+def _v_longer(x):
+    return {**x, "v": np.concatenate([x["v"], x["v"][:, :, :1]], axis=2)}
+
+
+def _m_alone(x):
+    return {**x, "m_initial": np.zeros((B, NH, 1))}
+
+
+BACKEND_CASES = [
+    (_rank3_q, "q must have shape (B, NH, S, DHQK), got (2, 3, 8)"),
+    (_rank2_i, "i must have shape (2, 3, 20), got (2, 3)"),
+    (_v_longer, "v must have shape (2, 3, 20, 12) (from q and v), got (2, 3, 21, 12)"),
+    (_m_alone, "c_initial, n_initial and m_initial must be given together (got only m_initial)"),
+]
+
+
+@pytest.mark.parametrize("mode", ["inference", "train_with_padding"])
+@pytest.mark.parametrize("mutate, message", BACKEND_CASES, ids=["q-rank3", "i-rank2", "v-S+1", "m-alone"])
+@pytest.mark.parametrize("kernels", [("chunkwise--limit_chunk", "fused_sequence", "fused"),
+                                     ("chunkwise--native_custbw", "native_sequence__native", "native")],
+                         ids=["core", "native"])
+def test_backend_module_bad_input(kernels, mutate, message, mode):
+    chunkwise, sequence, step = kernels
+    backend = mLSTMBackend(mLSTMBackendConfig(chunkwise_kernel=chunkwise, sequence_kernel=sequence, step_kernel=step,
+                                              mode=mode, chunk_size=16))
+    x = {k: v for k, v in make_inputs("training", "parallel--tiled").items()}  # q, k, v, i, f without states
+    x = {k: jnp.asarray(v) for k, v in mutate(x).items()}
+    for how in ("eager", "jit"):
+        with pytest.raises(ValueError) as info:
+            if how == "eager":
+                backend.apply({}, **x) if hasattr(backend, "apply") else backend(**x)
+            else:
+                jax.jit(lambda a: backend.apply({}, **a) if hasattr(backend, "apply") else backend(**a))(x)
+        assert f"{mode}: {message}" in str(info.value), f"{mode} ({how}): {str(info.value)!r}"
+
+
+@pytest.mark.parametrize("mode", ["inference", "train_with_padding"])
+def test_backend_module_non_array(mode):
+    backend = mLSTMBackend(mLSTMBackendConfig(mode=mode, chunk_size=16))
+    x = {k: jnp.asarray(v) for k, v in make_inputs("training", "parallel--tiled").items()}
+    x["i"] = np.asarray(x["i"]).tolist()
+    with pytest.raises(TypeError, match=f"{mode}: i must be an array, got list"):
+        backend.apply({}, **x) if hasattr(backend, "apply") else backend(**x)
+
+
+def test_backend_module_empty_sequence():
+    backend = mLSTMBackend(mLSTMBackendConfig(mode="inference", chunk_size=16))
+    x = {k: jnp.asarray(v) for k, v in make_inputs("training", "parallel--tiled", S=0).items()}
+    with pytest.raises(ValueError, match=r"inference: the sequence is empty \(S=0\); need S >= 1"):
+        backend.apply({}, **x) if hasattr(backend, "apply") else backend(**x)

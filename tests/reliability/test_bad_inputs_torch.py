@@ -28,6 +28,7 @@ Error cases (ValueError, message names the argument and what is allowed):
 | DHQK, DHHV = 2^20 + 1  | K   | "<dim> must be a multiple of 1 and at most 1048576"         |
 | eps NaN, inf, -1       | K   | "eps must be finite and >= 0"                               |
 | autocast int dtype     | T   | "autocast_kernel_dtype must be a floating torch dtype"      |
+| dtype_state int32, bool, complex64, "int8", "float", None | Q,P | "dtype_state must be a floating dtype, one of ..." |
 | CUDA q, CPU k / c (gpu)| A   | "k is on cpu but q is on cuda" / "c_initial is on cpu"      |
 
 Correct-result cases (the result is compared with the float64 reference and, for core kernels,
@@ -500,11 +501,24 @@ BACKEND_CASES = [
     pytest.param("S=0", "train_with_padding", _zero_dim("S"), "S must be >= 1", id="S=0-train_with_padding"),
     pytest.param("q-complex", "inference", _complex("q"), "q has dtype torch.complex64", id="q-complex-inference"),
     pytest.param("q-rank3", "train", _replace("q", lambda kind, x: x["q"][:, :, 0]), "q must have shape", id="q-rank3-train"),
-    pytest.param("q-rank3", "inference", _replace("q", lambda kind, x: x["q"][:, :, 0]), "q must have shape", id="q-rank3-inference",
-                 marks=pytest.mark.xfail(strict=True, reason="inference mode unpacks q.shape before validating "
-                                         "(ValueError 'not enough values to unpack')")),
-    pytest.param("i-rank2", "inference", _replace("i", lambda kind, x: x["i"][..., 0]), "i must have shape", id="i-rank2-inference",
-                 marks=pytest.mark.xfail(strict=True, reason="inference mode slices i before validating (IndexError)")),
+    # Inference and train_with_padding cut or pad the sequence: they validate the caller's shapes first.
+    pytest.param("q-rank3", "inference", _replace("q", lambda kind, x: x["q"][:, :, 0]),
+                 "inference: q must have shape (B, NH, S, DHQK), got (2, 3, 8)", id="q-rank3-inference"),
+    pytest.param("q-rank3", "train_with_padding", _replace("q", lambda kind, x: x["q"][:, :, 0]),
+                 "train_with_padding: q must have shape (B, NH, S, DHQK), got (2, 3, 8)", id="q-rank3-train_with_padding"),
+    pytest.param("i-rank2", "inference", _replace("i", lambda kind, x: x["i"][..., 0]),
+                 "inference: i must have shape (2, 3, 40), got (2, 3)", id="i-rank2-inference"),
+    pytest.param("i-rank2", "train_with_padding", _replace("i", lambda kind, x: x["i"][..., 0]),
+                 "train_with_padding: i must have shape (2, 3, 40), got (2, 3)", id="i-rank2-train_with_padding"),
+    # The caller's S = 40, not the padded 48, and v's own shape.
+    pytest.param("v-S+1", "train_with_padding", _replace("v", lambda kind, x: torch.cat([x["v"], x["v"][:, :, :1]], 2)),
+                 "train_with_padding: v must have shape (2, 3, 40, 12) (from q and v), got (2, 3, 41, 12)",
+                 id="v-S+1-train_with_padding"),
+    pytest.param("v-S+1", "inference", _replace("v", lambda kind, x: torch.cat([x["v"], x["v"][:, :, :1]], 2)),
+                 "inference: v must have shape (2, 3, 40, 12) (from q and v), got (2, 3, 41, 12)", id="v-S+1-inference"),
+    pytest.param("m-alone", "inference", lambda kind, name, x: ({**x, "m_initial": torch.zeros(2, 3, 1)}, {}),
+                 "inference: c_initial, n_initial and m_initial must be given together (got only m_initial)",
+                 id="m-alone-inference"),
 ]
 
 
@@ -522,6 +536,14 @@ def test_backend_module_bad_input(kernels, case, mode, mutate, message):
     assert message in str(info.value)
 
 
+@pytest.mark.parametrize("mode", ["inference", "train_with_padding"])
+def test_backend_module_non_tensor(mode):
+    backend = mLSTMBackend(mLSTMBackendConfig(chunkwise_kernel="chunkwise--limit_chunk", mode=mode, chunk_size=16))
+    x = make_inputs("training", states=False, S=40)
+    with pytest.raises(TypeError, match=f"{mode}: i must be an array, got list"):
+        backend(**{**x, "i": x["i"].tolist()})
+
+
 @pytest.mark.parametrize("mode", ["train", "inference"])
 def test_backend_module_bad_chunk_size(mode):
     backend = mLSTMBackend(mLSTMBackendConfig(chunkwise_kernel="chunkwise--limit_chunk", sequence_kernel="fused_sequence",
@@ -533,17 +555,32 @@ def test_backend_module_bad_chunk_size(mode):
 
 
 # ---------------------------------------------------------------------------------------------
-# Known gaps, kept as strict expected failures so that a fix shows up as XPASS.
+# dtype_state of the recurrent kernels: a floating dtype, checked before anything runs.
+
+RECURRENT_ENTRY_POINTS = [(k, n) for k, n in ENTRY_POINTS if k != "training"]
 
 
-@pytest.mark.parametrize("kind, name", [("sequence", n) for n in mt.get_available_mlstm_sequence_kernels()]
-                         + [("step", n) for n in mt.get_available_mlstm_step_kernels()])
-@pytest.mark.xfail(strict=True, reason="dtype_state is not validated: core kernels report 'unsupported dtype' without "
-                   "naming dtype_state, native kernels run with integer states")
-def test_integer_dtype_state_is_rejected(kind, name):
+@pytest.mark.parametrize("dtype_state", [torch.int32, torch.bool, torch.complex64, "int8", "float", None],
+                         ids=["int32", "bool", "complex64", "str-int8", "str-float", "None"])
+@pytest.mark.parametrize("kind, name", RECURRENT_ENTRY_POINTS, ids=[n for _, n in RECURRENT_ENTRY_POINTS])
+def test_bad_dtype_state_is_rejected(kind, name, dtype_state):
+    for states in (True, False) if kind == "sequence" else (True,):
+        x = make_inputs(kind, dtype=torch.float32, states=states)
+        with pytest.raises(ValueError) as info:
+            call(kind, name, x, dtype_state=dtype_state)
+        message = str(info.value)
+        assert f"{name}: dtype_state must be a floating dtype, one of float32, float16, bfloat16 (float64 on CPU)" in message
+        assert repr(dtype_state) in message
+
+
+@pytest.mark.parametrize("kind, name", RECURRENT_ENTRY_POINTS, ids=[n for _, n in RECURRENT_ENTRY_POINTS])
+def test_dtype_state_by_name(kind, name):
+    """The names the backend config uses ("bfloat16") are read as torch dtypes, as in JAX."""
     x = make_inputs(kind, dtype=torch.float32, states=True)
-    with pytest.raises(ValueError, match="dtype_state"):
-        call(kind, name, x, dtype_state=torch.int32)
+    by_name, by_dtype = call(kind, name, x, dtype_state="bfloat16"), call(kind, name, x, dtype_state=torch.bfloat16)
+    assert_bitwise(by_name, by_dtype, f"{name} dtype_state='bfloat16'")
+    assert by_name["c_last"].dtype == torch.bfloat16
+
 
 
 # ---------------------------------------------------------------------------------------------

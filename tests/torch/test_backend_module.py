@@ -4,6 +4,7 @@ modes against the float64 reference (train, train_with_padding, inference incl. 
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 
 import pytest
@@ -21,7 +22,7 @@ from mlstm_kernels.torch.backend_module import (
 )
 
 from .test_core_kernels import EPS, check_all, reference_h, reference_parallel, reference_with_states, run
-from .utils import compare, derived_tolerance, make_inputs
+from .utils import compare, derived_tolerance, make_inputs, rel_error
 
 UPSTREAM_DEFAULTS = {
     "chunkwise_kernel": "chunkwise--native_autograd",
@@ -163,8 +164,9 @@ def spied_backend(config):
     backend = mLSTMBackend(config)
     spies = {}
     for key in ("mlstm_chunkwise_kernel", "mlstm_sequence_kernel", "mlstm_step_kernel"):
-        spies[key] = Spy(backend._inference_fn.keywords[key])
-        backend._inference_fn.keywords[key] = spies[key]
+        if backend._inference_fn.keywords[key] is not None:  # None: a parallel training kernel
+            spies[key] = Spy(backend._inference_fn.keywords[key])
+            backend._inference_fn.keywords[key] = spies[key]
     return backend, spies
 
 
@@ -192,8 +194,7 @@ def test_inference_mode(kernels, S, expected, with_initial):
     backend, spies = spied_backend(config)
     inputs = make_inputs(2, 3, S, 8, 12, torch.float64, "cpu", with_initial=with_initial, f_bias=1.0, i_scale=3.0)
     # float64 states so that every path is held to float64 precision
-    backend._inference_fn.keywords["mlstm_sequence_kernel"].fn.keywords["dtype_state"] = torch.float64
-    backend._inference_fn.keywords["mlstm_step_kernel"].fn.keywords["dtype_state"] = torch.float64
+    backend._inference_fn.keywords["dtype_state"] = torch.float64
     if not with_initial:
         # inference starts from float32 zeros when no state is given; use float64 zeros here
         inputs["c_initial"] = torch.zeros(2, 3, 8, 12, dtype=torch.float64)
@@ -206,22 +207,73 @@ def test_inference_mode(kernels, S, expected, with_initial):
     check_all(f"backend(inference, {chunkwise})", res, ref, None, dtype=torch.float64, shape_info=info_of(inputs))
 
 
-def test_inference_state_dtype():
+@pytest.mark.parametrize("S", [1, 16, 20, 32], ids=lambda S: f"S={S}")
+def test_inference_state_dtype(S):
+    """Inference hands out states in inference_state_dtype whichever kernel ran last: the step (S=1),
+    the chunkwise kernel alone (S=16, 32 with chunk_size 16; its states are float32) or the tail."""
     config = mLSTMBackendConfig(
         eps=EPS,
         chunkwise_kernel="chunkwise--limit_chunk", sequence_kernel="fused_sequence", step_kernel="fused",
         mode="inference", chunk_size=16, inference_state_dtype="bfloat16",
     )
     backend = mLSTMBackend(config)
-    inputs = make_inputs(1, 2, 20, 16, 16, torch.float32, "cpu", f_bias=2.0)
+    inputs = make_inputs(1, 2, S, 16, 16, torch.float32, "cpu", f_bias=2.0)
     with torch.no_grad():
         h, states = backend(**inputs)
-        assert all(s.dtype == torch.bfloat16 for s in states)  # the tail ran with bf16 states
+        assert all(s.dtype == torch.bfloat16 for s in states)
         h1, states1 = backend(**{k: inputs[k][:, :, :1] for k in "qkvif"}, c_initial=states[0], n_initial=states[1], m_initial=states[2])
     assert h1.shape == (1, 2, 1, 16) and all(s.dtype == torch.bfloat16 for s in states1)
     ref = run(reference_with_states, inputs.to(torch.float64), grads=False)
     compare("backend(inference, bf16 states) h", h, ref["h"], target="backend(inference)", baseline="recurrent_reference_fp64",
             shape_info=info_of(inputs), dtype=torch.bfloat16, tol_rel=derived_tolerance(0.0, torch.bfloat16))
+    # Each bfloat16 step of the tail rounds the state (m first, c and n rescaled to it): error ~ sqrt(roundings).
+    tol = min(derived_tolerance(0.0, torch.bfloat16) * math.sqrt(max(1, S % 16)), 2e-2)
+    for key, state in zip(("c_last", "n_last", "m_last"), states):
+        compare(f"backend(inference, bf16 states) {key}", state, ref[key], target="backend(inference)",
+                baseline="recurrent_reference_fp64", shape_info=info_of(inputs), dtype=torch.bfloat16, tol_rel=tol)
+
+
+def test_inference_low_precision_states_keep_the_true_state():
+    """Converting the chunkwise kernel's float32 states to bfloat16 rounds m first and rescales c, n to
+    it: the true state exp(m)·c, exp(m)·n then carries one bfloat16 rounding of c, n, whereas casting
+    the three separately would add the rounding of m (|m| ≈ 10..25 here: up to ~5 %)."""
+    inputs = make_inputs(2, 4, 32, 16, 16, torch.float32, "cpu", i_scale=8.0, f_bias=2.0)
+    config = dict(eps=EPS, chunkwise_kernel="chunkwise--limit_chunk", sequence_kernel="fused_sequence", step_kernel="fused",
+                  mode="inference", chunk_size=16)
+    with torch.no_grad():
+        _, low = mLSTMBackend(mLSTMBackendConfig(**config, inference_state_dtype="bfloat16"))(**inputs)
+        _, full = mLSTMBackend(mLSTMBackendConfig(**config, inference_state_dtype="float32"))(**inputs)
+    assert full[2].abs().max() > 8  # the rounding of m matters
+
+    def true_state(x, m):  # x: c (B, NH, DHQK, DHHV) or n (B, NH, DHQK); m (B, NH, 1)
+        w = torch.exp(m.double())
+        return x.double() * (w[..., None] if x.dim() == 4 else w)
+
+    for what, index in (("c", 0), ("n", 1)):
+        lo, hi = true_state(low[index], low[2]), true_state(full[index], full[2])
+        err = max(rel_error(lo[b, h], hi[b, h]) for b in range(lo.shape[0]) for h in range(lo.shape[1]))
+        assert err <= 2.0**-8, f"true state {what}: relative error {err:.2e} (worst head) > one bfloat16 rounding"
+
+
+@pytest.mark.parametrize("S, expected", [(1, {"step": ["step"]}), (45, {"sequence": [45]})])
+@pytest.mark.parametrize("kernels", [("parallel--tiled", "fused_sequence", "fused"),
+                                     ("parallel--native_stablef_custbw", "native_sequence__native", "native")],
+                         ids=lambda k: k[0])
+def test_inference_mode_with_a_parallel_kernel(kernels, S, expected):
+    """A parallel training kernel has no states to pass on: in inference the sequence kernel takes the
+    whole sequence (as in the JAX backend); h and the states equal the recurrent reference."""
+    chunkwise, sequence, step = kernels
+    config = mLSTMBackendConfig(eps=EPS, chunkwise_kernel=chunkwise, sequence_kernel=sequence, step_kernel=step,
+                                mode="inference", chunk_size=16)
+    backend, spies = spied_backend(config)
+    assert backend._inference_fn.keywords["mlstm_chunkwise_kernel"] is None
+    backend._inference_fn.keywords["dtype_state"] = torch.float64
+    inputs = make_inputs(2, 3, S, 8, 12, torch.float64, "cpu", with_initial=True, f_bias=1.0, i_scale=3.0)
+    with torch.no_grad():
+        res = run(backend, inputs, grads=False)
+    assert {k.split("_")[1]: s.lengths for k, s in spies.items() if s.lengths} == expected
+    ref = run(reference_with_states, inputs, grads=False)
+    check_all(f"backend(inference, {chunkwise})", res, ref, None, dtype=torch.float64, shape_info=info_of(inputs))
 
 
 def test_mode_argument_overrides_config():

@@ -10,6 +10,7 @@ JAX specifics:
   ``autocast_kernel_dtype`` is accepted for signature compatibility and has no effect — torch also
   ignores it outside an autocast region;
 * ``eps``, ``chunk_size`` and ``return_last_states`` are static (Python values, also under jit);
+* ``dtype_state`` is anything ``jnp.dtype`` reads (``jnp.bfloat16``, ``"bfloat16"``), static too;
 * the core step kernel updates the states in place where XLA can donate them.
 """
 
@@ -50,6 +51,14 @@ class _Jax(_wrappers.Framework):
 
     def zeros(self, like, shape, dtype):
         return jnp.zeros(shape, dtype)
+
+    def floating_dtype(self, dtype):
+        # jnp.dtype reads names, scalar types and numpy dtypes alike; None would mean float64, refuse it.
+        try:
+            d = None if dtype is None else jnp.dtype(dtype)
+        except (TypeError, ValueError):
+            return None
+        return d if d in _FLOAT_DTYPES else None
 
 
 def _state_dtype(x: _wrappers.Prepared) -> str:

@@ -4,6 +4,7 @@ over the core ops (``_ops``) and the plain-torch references.
 torch specifics, on top of what ``_wrappers`` documents for both frameworks:
 
 * inputs are ``torch.Tensor`` on one device; float64 on CPU only;
+* ``dtype_state`` is a torch dtype or its name ("bfloat16");
 * autocast, as upstream: inside an enabled autocast region of q's device type, q, k, v are cast to
   ``autocast_kernel_dtype`` and the kernel runs with autocast disabled; outside, it runs in the
   inputs' dtype (q, k, v must then share one).
@@ -15,7 +16,7 @@ from contextlib import nullcontext
 
 import torch
 
-from .. import _wrappers
+from .. import _spec, _wrappers
 from . import _ops
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -63,6 +64,12 @@ class _Torch(_wrappers.Framework):
 
     def zeros(self, like, shape, dtype):
         return like.new_zeros(shape, dtype=dtype)
+
+    def floating_dtype(self, dtype):
+        # Names as in the backend config ("bfloat16") are read as torch dtypes, as JAX reads them.
+        if isinstance(dtype, str) and dtype in _spec.STATE_DTYPES:
+            return getattr(torch, dtype)
+        return dtype if isinstance(dtype, torch.dtype) and dtype in _FLOAT_DTYPES else None
 
     def run_context(self, autocast, q):
         return torch.autocast(q.device.type, enabled=False) if autocast else nullcontext()

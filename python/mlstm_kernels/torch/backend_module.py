@@ -5,10 +5,13 @@ Modes:
     train_with_padding  the same after padding S with zeros to a multiple of chunk_size; the output
                         is cut back to S. Our core kernels take any S, so this is only kept for
                         code written against upstream, where the Triton kernels needed it.
-    inference           any S, always returns the last states: S == 1 goes to the step kernel;
-                        otherwise the chunkwise kernel runs on the largest multiple of chunk_size and
-                        the sequence kernel on the remaining tail, passing the states between them.
+    inference           any S, always returns the last states, in ``inference_state_dtype``: S == 1
+                        goes to the step kernel; otherwise the chunkwise kernel runs on the largest
+                        multiple of chunk_size and the sequence kernel on the remaining tail, passing
+                        the states between them. A parallel training kernel has no states to pass
+                        on: the sequence kernel then takes the whole sequence (upstream failed here).
 
+The caller's shapes are validated before a mode pads or cuts the sequence, so errors quote them.
 Kernel names may be ours or upstream's (resolved with a one-time warning), see
 ``mlstm_kernels.torch.get_available_mlstm_kernels`` and friends.
 """
@@ -28,10 +31,24 @@ from .._spec import (  # the config and its typing names are shared with the JAX
     DtypeType,
     SequenceKernelType,
     StepKernelType,
+    check_backend_inputs,
     check_backend_mode,
+    inference_segments,
     mLSTMBackendConfig,
+    training_kernel_has_states,
 )
 from . import get_mlstm_kernel, get_mlstm_sequence_kernel, get_mlstm_step_kernel
+
+
+def _states_as(c: torch.Tensor, n: torch.Tensor, m: torch.Tensor, dtype: torch.dtype):
+    """(c, n, m) in `dtype`, m rounded first and c, n rescaled by exp(m - m_rounded), so that the true
+    state exp(m)·c, exp(m)·n loses only the rounding of c and n (as the core stores 16-bit states)."""
+    if m.dtype == dtype:
+        return c.to(dtype), n.to(dtype), m
+    m_rounded = m.to(dtype)  # (B, NH, 1)
+    m_back = m_rounded.to(m.dtype)
+    scale = torch.exp(torch.where(m == m_back, 0.0, m - m_back))  # (B, NH, 1); 1 where m is exact or infinite
+    return (c * scale[..., None]).to(dtype), (n * scale).to(dtype), m_rounded
 
 
 def wrap_chunkwise__pad_zeros(
@@ -57,6 +74,8 @@ def wrap_chunkwise__pad_zeros(
     """
     if return_last_states:
         raise ValueError("train_with_padding: the last states of a zero-padded sequence are not those of the input")
+    check_backend_inputs("train_with_padding", dict(q=q, k=k, v=v, i=i, f=f, c_initial=c_initial, n_initial=n_initial,
+                                                    m_initial=m_initial))
     S = q.shape[2]
     pad = (-S) % chunk_size
     if pad:
@@ -70,7 +89,7 @@ def wrap_chunkwise__pad_zeros(
 
 
 def wrap_chunkwise__arbitrary_sequence_length(
-    mlstm_chunkwise_kernel: Callable,
+    mlstm_chunkwise_kernel: Callable | None,
     mlstm_sequence_kernel: Callable,
     mlstm_step_kernel: Callable,
     q: torch.Tensor,  # (B, NH, S, DHQK)
@@ -86,43 +105,48 @@ def wrap_chunkwise__arbitrary_sequence_length(
     autocast_kernel_dtype: torch.dtype = torch.bfloat16,
     chunk_size: int = 64,
     enable_logging: bool = False,
+    dtype_state: torch.dtype | None = None,
 ):
     """h and the last states for any S: chunkwise over the largest multiple of chunk_size, then the
     sequence kernel over the tail (states passed between them); S == 1 goes straight to the step
-    kernel. Missing initial states are zeros (m = 0)."""
-    B, NH, S, DHQK = q.shape
-    DHHV = v.shape[-1]
-    if S < 1:
-        raise ValueError(f"inference: the sequence is empty (S={S}); need S >= 1")
-    c = c_initial if c_initial is not None else q.new_zeros((B, NH, DHQK, DHHV), dtype=torch.float32)
-    n = n_initial if n_initial is not None else q.new_zeros((B, NH, DHQK), dtype=torch.float32)
-    m = m_initial if m_initial is not None else q.new_zeros((B, NH, 1), dtype=torch.float32)
+    kernel (``_spec.inference_segments``). Missing initial states are zeros (m = 0).
 
-    if S == 1:
-        # The step kernel takes no time axis: q, k, v (B, NH, DH); i, f stay (B, NH, 1).
-        h, (c, n, m) = mlstm_step_kernel(
-            q=q[:, :, 0], k=k[:, :, 0], v=v[:, :, 0], i=i, f=f, c=c, n=n, m=m, eps=eps,
-            autocast_kernel_dtype=autocast_kernel_dtype,
-        )
-        h = h[:, :, None, :]  # (B, NH, 1, DHHV)
-    else:
-        h_parts = []
-        S_chunks = (S // chunk_size) * chunk_size
-        if S_chunks > 0:
-            h_part, (c, n, m) = mlstm_chunkwise_kernel(
-                q=q[:, :, :S_chunks], k=k[:, :, :S_chunks], v=v[:, :, :S_chunks], i=i[:, :, :S_chunks],
-                f=f[:, :, :S_chunks], c_initial=c, n_initial=n, m_initial=m, return_last_states=True, eps=eps,
-                autocast_kernel_dtype=autocast_kernel_dtype, chunk_size=chunk_size,
+    ``mlstm_chunkwise_kernel=None`` stands for a training kernel without states (a parallel one): the
+    sequence kernel then takes the whole sequence. ``dtype_state`` (not in upstream's signature) is
+    passed to the sequence and step kernels and is the dtype of the returned states whichever kernel
+    ran last; None leaves both to the kernels, as upstream. ``enable_logging`` is accepted and ignored.
+    """
+    dims = check_backend_inputs("inference", dict(q=q, k=k, v=v, i=i, f=f, c_initial=c_initial, n_initial=n_initial,
+                                                  m_initial=m_initial))
+    B, NH, S, DHQK, DHHV = dims.B, dims.NH, dims.S, dims.DHQK, dims.DHHV
+    zeros_dtype = torch.float32 if dtype_state is None else dtype_state
+    c = c_initial if c_initial is not None else q.new_zeros((B, NH, DHQK, DHHV), dtype=zeros_dtype)
+    n = n_initial if n_initial is not None else q.new_zeros((B, NH, DHQK), dtype=zeros_dtype)
+    m = m_initial if m_initial is not None else q.new_zeros((B, NH, 1), dtype=zeros_dtype)
+    recurrent_kw = {} if dtype_state is None else {"dtype_state": dtype_state}
+
+    h_parts = []
+    for registry, start, stop in inference_segments(S, chunk_size, mlstm_chunkwise_kernel is not None):
+        if registry == "step":
+            # The step kernel takes no time axis: q, k, v (B, NH, DH); i, f stay (B, NH, 1).
+            h, (c, n, m) = mlstm_step_kernel(
+                q=q[:, :, 0], k=k[:, :, 0], v=v[:, :, 0], i=i, f=f, c=c, n=n, m=m, eps=eps,
+                autocast_kernel_dtype=autocast_kernel_dtype, **recurrent_kw,
             )
-            h_parts.append(h_part)
-        if S_chunks < S:
-            h_part, (c, n, m) = mlstm_sequence_kernel(
-                q=q[:, :, S_chunks:], k=k[:, :, S_chunks:], v=v[:, :, S_chunks:], i=i[:, :, S_chunks:],
-                f=f[:, :, S_chunks:], c_initial=c, n_initial=n, m_initial=m, return_last_states=True, eps=eps,
-                autocast_kernel_dtype=autocast_kernel_dtype,
-            )
-            h_parts.append(h_part)
-        h = torch.cat(h_parts, dim=2)  # (B, NH, S, DHHV)
+            h_parts.append(h[:, :, None, :])  # (B, NH, 1, DHHV)
+            continue
+        part = dict(q=q[:, :, start:stop], k=k[:, :, start:stop], v=v[:, :, start:stop], i=i[:, :, start:stop],
+                    f=f[:, :, start:stop], c_initial=c, n_initial=n, m_initial=m, return_last_states=True, eps=eps,
+                    autocast_kernel_dtype=autocast_kernel_dtype)
+        if registry == "training":
+            h, (c, n, m) = mlstm_chunkwise_kernel(**part, chunk_size=chunk_size)
+        else:
+            h, (c, n, m) = mlstm_sequence_kernel(**part, **recurrent_kw)
+        h_parts.append(h)
+    h = h_parts[0] if len(h_parts) == 1 else torch.cat(h_parts, dim=2)  # (B, NH, S, DHHV)
+    if dtype_state is not None:
+        # The chunkwise kernel returns float32 states; inference hands out dtype_state throughout.
+        c, n, m = _states_as(c, n, m, dtype_state)
 
     if return_last_states:
         return h, (c, n, m)
@@ -145,13 +169,15 @@ class mLSTMBackend(nn.Module):
 
         self._inference_fn = partial(
             wrap_chunkwise__arbitrary_sequence_length,
-            mlstm_chunkwise_kernel=self.chunkwise_kernel_fn,
-            mlstm_sequence_kernel=partial(self.sequence_kernel_fn, dtype_state=state_dtype),
-            mlstm_step_kernel=partial(self.step_kernel_fn, dtype_state=state_dtype),
+            # A parallel kernel has no states to pass on: the sequence kernel takes its part.
+            mlstm_chunkwise_kernel=self.chunkwise_kernel_fn if training_kernel_has_states(config.chunkwise_kernel) else None,
+            mlstm_sequence_kernel=self.sequence_kernel_fn,
+            mlstm_step_kernel=self.step_kernel_fn,
             chunk_size=config.chunk_size,
             eps=config.eps,
             autocast_kernel_dtype=kernel_dtype,
             return_last_states=True,
+            dtype_state=state_dtype,
         )
         self._train_fn = partial(
             self.chunkwise_kernel_fn, autocast_kernel_dtype=kernel_dtype, eps=config.eps, chunk_size=config.chunk_size
