@@ -31,12 +31,17 @@ struct RegGeom {
 template <typename Elem, int DBs, int KP, int KW>
 struct RegSmem {
   static constexpr int ldE = kTK + kPad<Elem>, ldT = kT + kPad<Elem>, ldV = DBs + kPad<Elem>;
+  // Contraction steps in flight: the ring holds kStages steps' tiles, so the loads of a step are
+  // issued kStages - 1 steps ahead. The intra matrix and value rows of a chunk are double buffered
+  // and ride with its first step, which bounds the depth by the steps per chunk plus one.
+  static constexpr int kSteps = KW / kTK;
+  static constexpr int kStages = (KP == 1 ? 4 : 3) < kSteps + 1 ? (KP == 1 ? 4 : 3) : kSteps + 1;
   size_t ring = 0, M = 0, V = 0, Vw = 0, O = 0, X = 0, nvec = 0, srow = 0, scal = 0, bytes = 0;
   __host__ __device__ RegSmem() {
     size_t o = 0;
-    ring = WalkSmem<Elem>::take(&o, size_t(2) * KP * 2 * kT * ldE * sizeof(Elem));  // 2 stages x parts x (A, Bk)
-    M = WalkSmem<Elem>::take(&o, size_t(kT) * ldT * sizeof(Elem));
-    V = WalkSmem<Elem>::take(&o, size_t(kT) * ldV * sizeof(Elem));
+    ring = WalkSmem<Elem>::take(&o, size_t(kStages) * KP * 2 * kT * ldE * sizeof(Elem));  // stages x parts x (A, Bk)
+    M = WalkSmem<Elem>::take(&o, size_t(2) * kT * ldT * sizeof(Elem));
+    V = WalkSmem<Elem>::take(&o, size_t(2) * kT * ldV * sizeof(Elem));
     Vw = WalkSmem<Elem>::take(&o, size_t(kT) * ldV * sizeof(Elem));
     O = WalkSmem<Elem>::take(&o, size_t(kT) * ldV * sizeof(Elem));
     X = WalkSmem<Elem>::take(&o, size_t(KP - 1) * DBs * kT * sizeof(float));
@@ -77,8 +82,8 @@ __global__ void __launch_bounds__(RegGeom<DBs, KP, KW>::kThreadCount, 1) chunkwi
   const L lay;
   unsigned char* smem = dynamic_smem();
   Elem* ring = reinterpret_cast<Elem*>(smem + lay.ring);
-  Elem* sM = reinterpret_cast<Elem*>(smem + lay.M);
-  Elem* sV = reinterpret_cast<Elem*>(smem + lay.V);
+  Elem* const sM0 = reinterpret_cast<Elem*>(smem + lay.M);  // two buffers each, by chunk parity
+  Elem* const sV0 = reinterpret_cast<Elem*>(smem + lay.V);
   Elem* sVw = reinterpret_cast<Elem*>(smem + lay.Vw);
   Elem* sO = reinterpret_cast<Elem*>(smem + lay.O);
   float* xch = reinterpret_cast<float*>(smem + lay.X);
@@ -141,19 +146,30 @@ __global__ void __launch_bounds__(RegGeom<DBs, KP, KW>::kThreadCount, 1) chunkwi
                                    p.Bk.vec, tid);
     }
   };
-  auto issue_mv = [&](int k) {
+  auto issue_mv = [&](int k, int par) {
     const int64_t t0 = int64_t(k) * kT;
     const int Tc = chunk_len(p.S, t0, kT);
     if (outputs)
-      load_tile<Elem, kT, kT, NT>(sM, ldT, static_cast<const Elem*>(p.M) + (bh * p.NC + k) * kT * kT, kT, kT, kT,
-                                  true, tid);
-    load_tile<Elem, kT, DBs, NT>(sV, ldV, p.V.row<Elem>(b, h, t0) + db0, p.V.st, Tc, DBs, p.V.vec, tid);
+      load_tile<Elem, kT, kT, NT>(sM0 + par * kT * ldT, ldT, static_cast<const Elem*>(p.M) + (bh * p.NC + k) * kT * kT,
+                                  kT, kT, kT, true, tid);
+    load_tile<Elem, kT, DBs, NT>(sV0 + par * kT * ldV, ldV, p.V.row<Elem>(b, h, t0) + db0, p.V.st, Tc, DBs, p.V.vec,
+                                 tid);
+  };
+  // Step gs of the walk (chunk gs / kSteps, contraction tile gs % kSteps) as one cp.async group; past
+  // the last step an empty group keeps the count.
+  constexpr int kStages = L::kStages;
+  const int n_steps = n_it * G::kSteps;
+  auto issue_step = [&](int gs) {
+    if (gs < n_steps) {
+      const int it_ = gs / G::kSteps, jj_ = gs % G::kSteps;
+      if (jj_ == 0) issue_mv(chunk_at(it_), it_ & 1);
+      issue_ab(chunk_at(it_), jj_, gs % kStages);
+    }
+    cp_async_commit();
   };
 
-  int slot = 0;
-  issue_mv(chunk_at(0));
-  issue_ab(chunk_at(0), 0, slot);
-  cp_async_commit();
+#pragma unroll
+  for (int gs = 0; gs < kStages - 1; ++gs) issue_step(gs);
   ChunkTokens next = load_chunk_tokens(p, bh, chunk_at(0));
 
   for (int it = 0; it < n_it; ++it) {
@@ -165,7 +181,9 @@ __global__ void __launch_bounds__(RegGeom<DBs, KP, KW>::kThreadCount, 1) chunkwi
     double m_k1;
     const float alpha = walk_chunk_scalars(p, tk, Tc, m_k, &m_k1, scal);
     if (it + 1 < n_it) next = load_chunk_tokens(p, bh, chunk_at(it + 1));
-    cp_async_wait<0>();
+    const Elem* sM = sM0 + (it & 1) * kT * ldT;
+    const Elem* sV = sV0 + (it & 1) * kT * ldV;
+    cp_async_wait<kStages - 2>();  // this chunk's first step, with its M and V
     __syncthreads();
 
     // V~ = value rows weighted for the state update.
@@ -180,13 +198,11 @@ __global__ void __launch_bounds__(RegGeom<DBs, KP, KW>::kThreadCount, 1) chunkwi
     // Unrolled: the step selects which state registers it touches, which must be compile-time indices.
 #pragma unroll
     for (int jj = 0; jj < G::kSteps; ++jj) {
-      cp_async_wait<0>();
-      __syncthreads();
-      if (jj + 1 < G::kSteps)
-        issue_ab(k, jj + 1, slot ^ 1);
-      else if (it + 1 < n_it)
-        issue_ab(chunk_at(it + 1), 0, slot ^ 1);
-      cp_async_commit();
+      const int gs = it * G::kSteps + jj;
+      const int slot = gs % kStages;
+      cp_async_wait<kStages - 2>();
+      __syncthreads();  // step gs landed; every read of the slot refilled below (step gs - 1) is done
+      issue_step(gs + kStages - 1);
       const Elem* As = a_tile(slot, kp);
       const Elem* Bs = b_tile(slot, kp);
       if (outputs) {
@@ -271,7 +287,6 @@ __global__ void __launch_bounds__(RegGeom<DBs, KP, KW>::kThreadCount, 1) chunkwi
           nvec_nxt[idx] = fmaf(alpha, nvec_cur[idx], s);
         }
       }
-      slot ^= 1;
     }
 
     // Partial inter products of the other contraction parts join part 0.
@@ -377,9 +392,7 @@ __global__ void __launch_bounds__(RegGeom<DBs, KP, KW>::kThreadCount, 1) chunkwi
         }
       }
     }
-    __syncthreads();  // sO and the row sums written; sM / sV free
-    if (it + 1 < n_it) issue_mv(chunk_at(it + 1));
-    cp_async_commit();
+    __syncthreads();  // sO and the row sums written
     if (outputs) {
       for (int idx = tid; idx < kT * DBs / kPer; idx += NT) {
         const int rr = idx / (DBs / kPer), c = (idx % (DBs / kPer)) * kPer;
