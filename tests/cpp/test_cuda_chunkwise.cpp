@@ -503,6 +503,10 @@ std::vector<Case> all_cases() {
   Case big_seg{1, 2, 1100, 256, 512, MLSTM_BFLOAT16};
   big_seg.initial = big_seg.last = big_seg.dlast = true;
   cs.push_back(big_seg);
+  // Config-B head dims: the register walks with 128 and 256 contraction columns.
+  Case cfg_b{1, 1, 300, 128, 256, MLSTM_FLOAT16};
+  cfg_b.initial = cfg_b.last = cfg_b.dlast = true;
+  cs.push_back(cfg_b);
   Case wide{1, 1, 100, 1024, 48, MLSTM_BFLOAT16};
   wide.initial = true;
   cs.push_back(wide);
