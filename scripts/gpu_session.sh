@@ -3,6 +3,8 @@
 # and the benchmarks, and write every log under $OUT (default: ./gpu_out).
 #
 #   bash scripts/gpu_session.sh [stage ...]     stages: build ctest pytest check sanitize kbench bench
+#                                               (also: times, profile — ncu of the chunkwise kernels)
+#   A first call after kernel changes: MLSTM_CTEST_REGEX=cuda bash scripts/gpu_session.sh build ctest kbench times
 #   (no stage = all, in that order). Each stage has its own time limit so one hang cannot eat the run.
 # The device gets a copy of the working tree without .git: pass the commit as MLSTM_COMMIT, e.g.
 #   MLSTM_COMMIT=$(git rev-parse --short HEAD) bash scripts/gpu_session.sh   (run from the caller's side)
@@ -71,6 +73,9 @@ for stage in "${stages[@]}"; do
             compute-sanitizer --tool "$tool" --error-exitcode 9 "$t"
         done
       done ;;
+    times)  # every chunkwise kernel's duration and instruction count in one forward + backward (ncu)
+      run_stage prof-times 120 ncu --metrics gpu__time_duration.sum,smsp__inst_executed.sum --launch-skip 6 \
+        --launch-count 7 "$BUILD_DIR/tests/cpp/test_cuda_chunkwise" --profile ;;
     profile)  # where the chunkwise time goes: every kernel's duration, then full reports of the walks
       t=$BUILD_DIR/tests/cpp/test_cuda_chunkwise
       run_stage prof-times 120 ncu --metrics gpu__time_duration.sum --launch-skip 6 --launch-count 7 "$t" --profile
