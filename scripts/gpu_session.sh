@@ -3,10 +3,10 @@
 # and the benchmarks, and write every log under $OUT (default: ./gpu_out).
 #
 #   bash scripts/gpu_session.sh [stage ...]     stages: build ctest pytest check sanitize kbench bench
-#                                               (also: times, profile — ncu of the chunkwise kernels)
+#   (no stage = all, in that order; also: times, profile — ncu of the chunkwise kernels). Each stage
+#   has its own time limit so one hang cannot eat the run.
 #   A first call after kernel changes: MLSTM_CTEST_REGEX=cuda bash scripts/gpu_session.sh build ctest kbench times
-#   (no stage = all, in that order). Each stage has its own time limit so one hang cannot eat the run.
-# The device gets a copy of the working tree without .git: pass the commit as MLSTM_COMMIT, e.g.
+# A copied tree may carry no .git or a stale one: pass the commit as MLSTM_COMMIT, e.g.
 #   MLSTM_COMMIT=$(git rev-parse --short HEAD) bash scripts/gpu_session.sh   (run from the caller's side)
 set -uo pipefail
 cd "$(dirname "$0")/.."
