@@ -94,6 +94,11 @@ for stage in "${stages[@]}"; do
       for w in .whl/mlstm_kernels-*.whl; do
         [ -f "$w" ] && python3 -m pip install -q --no-deps --no-index --target /tmp/upstream "$w" && up=(--upstream-path /tmp/upstream)
       done
+      # FLA's kernels (fla-core; its only need, einops, is on the image) when their wheel was carried.
+      for w in .whl/fla_core-*.whl; do
+        [ -f "$w" ] && python3 -m pip install -q --no-deps --no-index --target /tmp/fla "$w" &&
+          export PYTHONPATH=/tmp/fla${PYTHONPATH:+:$PYTHONPATH}
+      done
       for suite in "consttoken --config A" "consttoken --config B" "step --config A"; do
         # shellcheck disable=SC2086
         run_stage "bench-${suite// /-}" 400 python3 -m benchmarks.run --suite $suite --out "$OUT" --commit "$COMMIT" "${up[@]}"
