@@ -255,7 +255,7 @@ __global__ void __launch_bounds__(kWalkThreads, 1) chunkwise_walk_kernel(const W
   const int urow = 16 * urb, ucol = ucg * G::kUpdCols;
 
   const WalkStart from = walk_start(p, at, DHQK, DHHV);
-  walk_load_state(p, from, b, h, db0, DBs, St, ldS, DBs, L.DA_pad, nvec, srow);
+  walk_load_state(p, from, b, h, db0, DBs, St, ldS, L.DA_pad, nvec, srow);
   // m before the walk: the user's m_initial (0 when absent), a segment's start, or -inf for the
   // local state of a segment (kFwd; the backward walks take every m from the saved m_t).
   double m_k = from.m.data != nullptr ? *from.m.row<float>(b, h, 0) : (p.state_only ? -INFINITY : 0.0);

@@ -276,29 +276,42 @@ struct WalkStart {
   SeqView m;
 };
 
-// Loads the initial state slice St[db][da] (zeros where absent or out of range), the extra vector
-// and the forward normaliser.
-__device__ inline void walk_load_state(const WalkParams& p, const WalkStart& from, int64_t b, int64_t h, int db0,
-                                       int dbw, float* St, int ldS, int DB_s, int DA_pad, float* nvec, float* srow) {
+// Element (v, d) of a (DHQK, DHHV) state for a walk with value index v and contraction index d:
+// natural (v = DHQK row) or transposed (v = DHHV column).
+template <typename T>
+__device__ __forceinline__ T& state_at(T* X, int64_t s_row, bool natural, int v, int d) {
+  return natural ? X[int64_t(v) * s_row + d] : X[int64_t(d) * s_row + v];
+}
+
+// The walk's vectors at its start: the forward's n (n_len slots, zeros past DA) and the extra row
+// (kDq: n, kDk: dn) of the value slice.
+template <int kThreadCount>
+__device__ inline void walk_load_vectors(const WalkParams& p, const WalkStart& from, int64_t b, int64_t h, int db0,
+                                         int dbw, int n_len, float* nvec, float* srow) {
   const int tid = threadIdx.x;
-  const bool natural = state_is_natural(p.mode);
-  for (int idx = tid; idx < DB_s * DA_pad; idx += kWalkThreads) {
-    // natural: da fastest (contiguous in global memory); transposed: db fastest.
-    const int db = natural ? idx / DA_pad : idx % DB_s;
-    const int da = natural ? idx % DA_pad : idx / DB_s;
-    float x = 0.f;
-    if (from.state.data != nullptr && db < dbw && da < p.DA) {
-      const float* X = from.state.data + from.state.offset(b, h);
-      x = natural ? X[int64_t(db0 + db) * from.state.s_row + da] : X[int64_t(da) * from.state.s_row + db0 + db];
-    }
-    St[db * ldS + da] = x;
-  }
   if (p.mode == WalkMode::kFwd) {
-    for (int da = tid; da < DA_pad; da += kWalkThreads)
+    for (int da = tid; da < n_len; da += kThreadCount)
       nvec[da] = (from.aug.data != nullptr && da < p.DA) ? from.aug.row<float>(b, h, 0)[da] : 0.f;
   }
-  for (int db = tid; db < DB_s; db += kWalkThreads)
-    srow[db] = (from.aug.data != nullptr && natural && db < dbw) ? from.aug.row<float>(b, h, 0)[db0 + db] : 0.f;
+  for (int db = tid; db < dbw; db += kThreadCount)
+    srow[db] = (from.aug.data != nullptr && state_is_natural(p.mode)) ? from.aug.row<float>(b, h, 0)[db0 + db] : 0.f;
+}
+
+// Loads the initial state slice St[db][da] (zeros where absent or out of range) and the vectors.
+__device__ inline void walk_load_state(const WalkParams& p, const WalkStart& from, int64_t b, int64_t h, int db0,
+                                       int dbw, float* St, int ldS, int DA_pad, float* nvec, float* srow) {
+  const int tid = threadIdx.x;
+  const bool natural = state_is_natural(p.mode);
+  for (int idx = tid; idx < dbw * DA_pad; idx += kWalkThreads) {
+    // natural: da fastest (contiguous in global memory); transposed: db fastest.
+    const int db = natural ? idx / DA_pad : idx % dbw;
+    const int da = natural ? idx % DA_pad : idx / dbw;
+    float x = 0.f;
+    if (from.state.data != nullptr && da < p.DA)
+      x = state_at(from.state.data + from.state.offset(b, h), from.state.s_row, natural, db0 + db, da);
+    St[db * ldS + da] = x;
+  }
+  walk_load_vectors<kWalkThreads>(p, from, b, h, db0, dbw, DA_pad, nvec, srow);
 }
 
 // Views of segment `seg` of per-segment states (the natural layout, contiguous per (b, h)).
@@ -386,57 +399,52 @@ __device__ inline WalkEnd walk_end(const WalkParams& p, const WalkPlace& at, int
   return end;
 }
 
-// Element (v, d) of a (DHQK, DHHV) state for a walk with value index v and contraction index d:
-// natural (v = DHQK row) or transposed (v = DHHV column).
-template <typename T>
-__device__ __forceinline__ T& state_at(T* X, int64_t s_row, bool natural, int v, int d) {
-  return natural ? X[int64_t(v) * s_row + d] : X[int64_t(d) * s_row + v];
+// What every walk leaves at its end besides the state: n and m (forward, slice 0), dn (kDk), the
+// total decay (state-only pass) and, with the partial dot product of the state already in
+// `state_part`, the end-of-walk dot products with given states.
+template <int kThreadCount>
+__device__ inline void walk_finish_vectors(const WalkParams& p, const WalkEnd& e, int64_t b, int64_t h, int64_t bh,
+                                           int slice, int db0, int dbw, const float* nvec, const float* srow,
+                                           float m_final, float g_total, float state_part, float* tmp) {
+  const int tid = threadIdx.x;
+  if (p.mode == WalkMode::kFwd && slice == 0) {
+    if (e.aug_out.data != nullptr)
+      for (int da = tid; da < p.DA; da += kThreadCount) e.aug_out.mut_row<float>(b, h, 0)[da] = nvec[da];
+    if (e.m_out.data != nullptr && tid == 0) *e.m_out.mut_row<float>(b, h, 0) = m_final;
+  }
+  if (p.mode == WalkMode::kDk && e.aug_out.data != nullptr)
+    for (int db = tid; db < dbw; db += kThreadCount) e.aug_out.mut_row<float>(b, h, 0)[db0 + db] = srow[db];
+  if (e.g_out != nullptr && slice == 0 && tid == 0) e.g_out[bh] = g_total;
+  if (e.end_part != nullptr) {
+    float part = state_part;
+    if (e.aug_dot.data != nullptr)
+      for (int db = tid; db < dbw; db += kThreadCount) part += srow[db] * e.aug_dot.row<float>(b, h, 0)[db0 + db];
+    const float total = block_sum<kThreadCount / 32>(part, tmp);
+    if (tid == 0) e.end_part[int64_t(slice) * p.BNH + bh] = total;
+  }
 }
 
-// Writes the state (c_last, dc_initial or a segment's local state), the extra vector (n_last,
-// dn_initial), m, and the partial dot products with given states.
+// Writes the state (c_last, dc_initial or a segment's local state) from the shared-memory slice,
+// its partial dot product with a given state, and the vectors (walk_finish_vectors).
 __device__ inline void walk_finish(const WalkParams& p, const WalkEnd& e, int64_t b, int64_t h, int64_t bh, int slice,
                                    int db0, int dbw, const float* St, int ldS, const float* nvec, const float* srow,
                                    float m_final, float g_total, float* tmp) {
   const int tid = threadIdx.x;
   const bool natural = state_is_natural(p.mode);
-  const int64_t BNH = p.BNH;
-  if (e.state_out.data != nullptr) {
-    float* X = e.state_out.data + e.state_out.offset(b, h);
+  float* Xo = e.state_out.data != nullptr ? e.state_out.data + e.state_out.offset(b, h) : nullptr;
+  const float* Xd =
+      e.end_part != nullptr && e.state_dot.data != nullptr ? e.state_dot.data + e.state_dot.offset(b, h) : nullptr;
+  float part = 0.f;
+  if (Xo != nullptr || Xd != nullptr) {
     for (int idx = tid; idx < dbw * p.DA; idx += kWalkThreads) {
       const int db = natural ? idx / p.DA : idx % dbw;
       const int da = natural ? idx % p.DA : idx / dbw;
       const float x = St[db * ldS + da];
-      if (natural)
-        X[int64_t(db0 + db) * e.state_out.s_row + da] = x;
-      else
-        X[int64_t(da) * e.state_out.s_row + db0 + db] = x;
+      if (Xo != nullptr) state_at(Xo, e.state_out.s_row, natural, db0 + db, da) = x;
+      if (Xd != nullptr) part += x * state_at(Xd, e.state_dot.s_row, natural, db0 + db, da);
     }
   }
-  if (p.mode == WalkMode::kFwd && slice == 0) {
-    if (e.aug_out.data != nullptr)
-      for (int da = tid; da < p.DA; da += kWalkThreads) e.aug_out.mut_row<float>(b, h, 0)[da] = nvec[da];
-    if (e.m_out.data != nullptr && tid == 0) *e.m_out.mut_row<float>(b, h, 0) = m_final;
-  }
-  if (p.mode == WalkMode::kDk && e.aug_out.data != nullptr)
-    for (int db = tid; db < dbw; db += kWalkThreads) e.aug_out.mut_row<float>(b, h, 0)[db0 + db] = srow[db];
-  if (e.g_out != nullptr && slice == 0 && tid == 0) e.g_out[bh] = g_total;
-  if (e.end_part != nullptr) {
-    float part = 0.f;
-    if (e.state_dot.data != nullptr) {
-      const float* X = e.state_dot.data + e.state_dot.offset(b, h);
-      for (int idx = tid; idx < dbw * p.DA; idx += kWalkThreads) {
-        const int db = natural ? idx / p.DA : idx % dbw;
-        const int da = natural ? idx % p.DA : idx / dbw;
-        const float x = natural ? X[int64_t(db0 + db) * e.state_dot.s_row + da] : X[int64_t(da) * e.state_dot.s_row + db0 + db];
-        part += St[db * ldS + da] * x;
-      }
-    }
-    if (e.aug_dot.data != nullptr)
-      for (int db = tid; db < dbw; db += kWalkThreads) part += srow[db] * e.aug_dot.row<float>(b, h, 0)[db0 + db];
-    const float total = block_sum(part, tmp);
-    if (tid == 0) e.end_part[int64_t(slice) * BNH + bh] = total;
-  }
+  walk_finish_vectors<kWalkThreads>(p, e, b, h, bh, slice, db0, dbw, nvec, srow, m_final, g_total, part, tmp);
 }
 
 }  // namespace mlstm::cuda::chunkwise

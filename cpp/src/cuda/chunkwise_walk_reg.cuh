@@ -119,11 +119,7 @@ __global__ void __launch_bounds__(RegGeom<DBs, KP, KW>::kThreadCount, 1) chunkwi
         st[n][e] = x;
       }
     }
-    if (is_fwd)
-      for (int da = tid; da < KP * KW; da += NT)
-        nvec_cur[da] = (from.aug.data != nullptr && da < p.DA) ? from.aug.row<float>(b, h, 0)[da] : 0.f;
-    for (int db = tid; db < DBs; db += NT)
-      srow[db] = (from.aug.data != nullptr && natural) ? from.aug.row<float>(b, h, 0)[db0 + db] : 0.f;
+    walk_load_vectors<NT>(p, from, b, h, db0, DBs, KP * KW, nvec_cur, srow);
   }
   double m_k = from.m.data != nullptr ? *from.m.row<float>(b, h, 0) : (p.state_only ? -INFINITY : 0.0);
   const double m_initial = p.m_in.data != nullptr ? *p.m_in.row<float>(b, h, 0) : 0.0;
@@ -441,20 +437,7 @@ __global__ void __launch_bounds__(RegGeom<DBs, KP, KW>::kThreadCount, 1) chunkwi
       }
     }
   }
-  if (is_fwd && slice == 0) {
-    if (end.aug_out.data != nullptr)
-      for (int da = tid; da < p.DA; da += NT) end.aug_out.mut_row<float>(b, h, 0)[da] = nvec_cur[da];
-    if (end.m_out.data != nullptr && tid == 0) *end.m_out.mut_row<float>(b, h, 0) = float(m_k);
-  }
-  if (mode == WalkMode::kDk && end.aug_out.data != nullptr)
-    for (int db = tid; db < DBs; db += NT) end.aug_out.mut_row<float>(b, h, 0)[db0 + db] = srow[db];
-  if (end.g_out != nullptr && slice == 0 && tid == 0) end.g_out[bh] = float(g_total);
-  if (end.end_part != nullptr) {
-    if (end.aug_dot.data != nullptr)
-      for (int db = tid; db < DBs; db += NT) part += srow[db] * end.aug_dot.row<float>(b, h, 0)[db0 + db];
-    const float total = block_sum<G::kWarpCount>(part, tmp);
-    if (tid == 0) end.end_part[int64_t(slice) * p.BNH + bh] = total;
-  }
+  walk_finish_vectors<NT>(p, end, b, h, bh, slice, db0, DBs, nvec_cur, srow, float(m_k), float(g_total), part, tmp);
 }
 
 }  // namespace mlstm::cuda::chunkwise
