@@ -22,6 +22,7 @@ SAN_REGEX=${MLSTM_SANITIZE_REGEX:-.}         # which test_cuda_* executables the
 SAN_TOOLS=${MLSTM_SANITIZE_TOOLS:-memcheck racecheck initcheck}
 SAN_LIMIT=${MLSTM_SANITIZE_LIMIT:-240}      # seconds per sanitizer run
 PYTEST_MARK=${MLSTM_PYTEST_MARK:-}           # e.g. gpu: only the CUDA parametrisations
+PYTEST_LIMIT=${MLSTM_PYTEST_LIMIT:-400}
 COMMIT=${MLSTM_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(build ctest pytest check sanitize kbench bench)
@@ -61,7 +62,7 @@ for stage in "${stages[@]}"; do
     ctest)
       run_stage ctest 300 ctest --test-dir "$BUILD_DIR" --output-on-failure ${CTEST_REGEX:+-R "$CTEST_REGEX"} ;;
     pytest)
-      run_stage pytest 400 bash -c "cd /tmp && python3 -m pytest -q -rs -p no:cacheprovider --maxfail=20 ${PYTEST_MARK:+-m $PYTEST_MARK} $(pwd)/tests/torch $(pwd)/tests/jax" ;;
+      run_stage pytest "$PYTEST_LIMIT" bash -c "cd /tmp && python3 -m pytest -q -rs -p no:cacheprovider --maxfail=20 ${PYTEST_MARK:+-m $PYTEST_MARK} $(pwd)/tests/torch $(pwd)/tests/jax $(pwd)/tests/reliability" ;;
     check)
       run_stage check 240 python3 -m mlstm_kernels check ;;
     sanitize)
