@@ -22,6 +22,7 @@ import mlstm_kernels.torch as mt
 from ..torch.utils import make_inputs
 
 B, NH, S, DHQK, DHHV = 2, 3, 70, 16, 24
+CUDA_DHHV = 32  # the CUDA kernels take head dims in multiples of 16
 THREADS = 6
 
 TRAINING = {
@@ -64,7 +65,8 @@ CASES = [(n, fwd_bwd) for n in TRAINING] + [("fused_sequence", inference), ("nat
 
 def _inputs(name, dtype, device="cpu", seed=17):
     stateful = not name.startswith("parallel")
-    return make_inputs(B, NH, S, DHQK, DHHV, dtype, device, with_initial=stateful, f_bias=1.0, seed=seed)
+    dhhv = CUDA_DHHV if device == "cuda" else DHHV
+    return make_inputs(B, NH, S, DHQK, dhhv, dtype, device, with_initial=stateful, f_bias=1.0, seed=seed)
 
 
 def _assert_bitwise(a, b, what):
