@@ -61,6 +61,10 @@ class FwdArgs(ctypes.Structure):
                 + [("saved", ctypes.c_void_p), ("workspace", ctypes.c_void_p)])
 
 
+class BufferSizes(ctypes.Structure):
+    _fields_ = [("workspace_bytes", ctypes.c_size_t), ("saved_bytes", ctypes.c_size_t)]
+
+
 def load_library(path: str | None) -> ctypes.CDLL:
     if path is None:
         import mlstm_kernels._core as core  # the module exports the C ABI symbols of the static core
@@ -71,6 +75,8 @@ def load_library(path: str | None) -> ctypes.CDLL:
         fn = getattr(lib, name)
         fn.argtypes = [ctypes.POINTER(FwdArgs)]
         fn.restype = ctypes.c_int
+    lib.mlstm_sequence_fwd_sizes.argtypes = [ctypes.POINTER(FwdArgs), ctypes.POINTER(BufferSizes)]
+    lib.mlstm_sequence_fwd_sizes.restype = ctypes.c_int
     lib.mlstm_last_error.restype = ctypes.c_char_p
     return lib
 
@@ -104,6 +110,20 @@ def call(lib, fn_name: str, args: FwdArgs) -> None:
     status = getattr(lib, fn_name)(ctypes.byref(args))
     if status != 0:
         raise RuntimeError(f"{fn_name}: status {status}: {lib.mlstm_last_error().decode()}")
+
+
+def with_workspace(lib, args: FwdArgs, device: torch.device) -> tuple[FwdArgs, torch.Tensor | None]:
+    """The sequence args with the workspace the core asks for (the tiled form needs one); the tensor
+    keeps it alive."""
+    sizes = BufferSizes()
+    status = lib.mlstm_sequence_fwd_sizes(ctypes.byref(args), ctypes.byref(sizes))
+    if status != 0:
+        raise RuntimeError(f"mlstm_sequence_fwd_sizes: status {status}: {lib.mlstm_last_error().decode()}")
+    if sizes.workspace_bytes == 0:
+        return args, None
+    workspace = torch.empty(sizes.workspace_bytes, dtype=torch.uint8, device=device)
+    args.workspace = workspace.data_ptr()
+    return args, workspace
 
 
 def stream_of(device: torch.device) -> int:
@@ -265,25 +285,41 @@ def bench_step(lib, B, copy_bw, gen, NH=8, DHQK=256, DHHV=512, dtype=torch.bfloa
 
 
 def bench_sequence(lib, gen, B=8, NH=8, S=1024, DHQK=256, DHHV=512, dtype=torch.bfloat16, device="cuda", timing=True):
+    """The sequence kernel against a Python loop of the step kernel. With 16-bit inputs and fp32 states
+    (and S >= 256) the core runs the chunkwise form; the same call with bf16 states runs the one-launch
+    recurrent kernel (identical on-chip work, the states are only read and written in bf16), so both
+    are timed."""
     dev = torch.device(device)
     x = random_inputs(B, NH, S, DHQK, DHHV, dtype, dev, gen)
     s0 = random_states(B, NH, DHQK, DHHV, dev, gen)
     shape = (B, NH, S, DHQK, DHHV)
-    h = torch.full((B, NH, S, DHHV), float("nan"), dtype=dtype, device=dev)
-    last = {key: torch.full_like(val, float("nan")) for key, val in s0.items()}
-    tensors = dict(q=x["q"], k=x["k"], v=x["v"], i=x["i"], f=x["f"], h=h, c_initial=s0["c"], n_initial=s0["n"],
-                   m_initial=s0["m"], c_last=last["c"], n_last=last["n"], m_last=last["m"])
-    call(lib, "mlstm_sequence_fwd", make_args(shape, tensors, 1e-6, stream_of(dev)))
-    ref_h, ref_c, ref_n, ref_m = reference_sequence(x["q"], x["k"], x["v"], x["i"], x["f"], s0["c"], s0["n"], s0["m"])
     tag = f"sequence B={B} NH={NH} S={S} DHQK={DHQK} DHHV={DHHV} {str(dtype)[6:]}"
-    require(tag + " h", rel_err(h, ref_h), 1e-4 if dtype == torch.float32 else 1e-2)
-    require(tag + " c_last", rel_err(last["c"], ref_c), 1e-4)
-    require(tag + " n_last", rel_err(last["n"], ref_n), 1e-4)
-    require(tag + " m_last", rel_err(last["m"], ref_m), 1e-4)
+    tol_h = 1e-4 if dtype == torch.float32 else 1e-2
+
+    def checked_call(states, tol_state, label):
+        h = torch.full((B, NH, S, DHHV), float("nan"), dtype=dtype, device=dev)
+        last = {key: torch.full_like(val, float("nan")) for key, val in states.items()}
+        tensors = dict(q=x["q"], k=x["k"], v=x["v"], i=x["i"], f=x["f"], h=h, c_initial=states["c"],
+                       n_initial=states["n"], m_initial=states["m"], c_last=last["c"], n_last=last["n"],
+                       m_last=last["m"])
+        args, workspace = with_workspace(lib, make_args(shape, tensors, 1e-6, stream_of(dev)), dev)
+        call(lib, "mlstm_sequence_fwd", args)
+        ref_h, ref_c, ref_n, ref_m = reference_sequence(x["q"], x["k"], x["v"], x["i"], x["f"], states["c"],
+                                                        states["n"], states["m"])
+        require(f"{tag} {label} h", rel_err(h, ref_h), tol_h)
+        for key, ref in (("c", ref_c), ("n", ref_n), ("m", ref_m)):
+            require(f"{tag} {label} {key}_last", rel_err(last[key], ref), tol_state)
+        return (args, workspace), ref_h, ref_c
+
+    # fp32 states: SPEC §6 allows the input dtype's tolerance on last states; the one-launch kernel
+    # meets 1e-4 (its recurrence is fp32 throughout), the tiled form rounds gated values to 16 bits.
+    fp32_call, ref_h, ref_c = checked_call(s0, 1e-4 if dtype == torch.float32 else 1e-2, "fp32 states")
+    s0_bf16 = {key: val.to(torch.bfloat16) for key, val in s0.items()}
+    bf16_call, _, _ = checked_call(s0_bf16, 1e-2, "bf16 states")
 
     # The same sequence as a Python loop of the step kernel, in place on a copy of the initial state.
     loop_state = {key: val.clone() for key, val in s0.items()}
-    h_loop = torch.full_like(h, float("nan"))
+    h_loop = torch.full((B, NH, S, DHHV), float("nan"), dtype=dtype, device=dev)
     loop_args = [make_args((B, NH, 1, DHQK, DHHV), step_tensors(x, t, loop_state, loop_state, h_loop), 1e-6,
                            stream_of(dev)) for t in range(S)]
 
@@ -292,16 +328,17 @@ def bench_sequence(lib, gen, B=8, NH=8, S=1024, DHQK=256, DHHV=512, dtype=torch.
             call(lib, "mlstm_step_fwd", a)
 
     step_loop()
-    require(tag + " step loop h", rel_err(h_loop, ref_h), 1e-4 if dtype == torch.float32 else 1e-2)
+    require(tag + " step loop h", rel_err(h_loop, ref_h), tol_h)
     require(tag + " step loop c_last", rel_err(loop_state["c"], ref_c), 1e-4)
     if not timing:
         return {}
-    fused_ms = median_ms(lambda: call(lib, "mlstm_sequence_fwd", make_args(shape, tensors, 1e-6, stream_of(dev))),
-                         reps=10, warmup=3)
+    fused_ms = median_ms(lambda: call(lib, "mlstm_sequence_fwd", fp32_call[0]), reps=10, warmup=3)
+    one_launch_ms = median_ms(lambda: call(lib, "mlstm_sequence_fwd", bf16_call[0]), reps=10, warmup=3)
     loop_ms = median_ms(step_loop, reps=3, warmup=1)
     fma = 2 * B * NH * S * DHQK * DHHV  # two fused multiply-adds per state element and step
-    return dict(B=B, NH=NH, S=S, fused_ms=fused_ms, step_loop_ms=loop_ms, speedup=loop_ms / fused_ms,
-                fused_tfma_per_s=fma / (fused_ms * 1e-3) / 1e12)
+    return dict(B=B, NH=NH, S=S, fused_ms=fused_ms, one_launch_bf16_states_ms=one_launch_ms, step_loop_ms=loop_ms,
+                speedup=loop_ms / fused_ms, one_launch_speedup=loop_ms / one_launch_ms,
+                one_launch_tfma_per_s=fma / (one_launch_ms * 1e-3) / 1e12)
 
 
 def environment(commit: str | None) -> dict:
@@ -365,9 +402,10 @@ def main() -> None:
         print(f"| {r['B']:3d} | {r['state_MiB']:9.1f} | {r['floor_us']:5.1f} | {r['out_of_place_us']:17.1f} | "
               f"{r['out_of_place_pct_copy']:5.1f}% | {r['in_place_us']:13.1f} | {r['in_place_pct_copy']:5.1f}% | "
               f"{r['torch_us']:5.1f} |")
-    print(f"\nsequence B={seq['B']} NH={seq['NH']} S={seq['S']}: fused {seq['fused_ms']:.3f} ms, "
-          f"Python loop of the step kernel {seq['step_loop_ms']:.2f} ms, speedup {seq['speedup']:.1f}x, "
-          f"{seq['fused_tfma_per_s']:.1f} T FMA/s")
+    print(f"\nsequence B={seq['B']} NH={seq['NH']} S={seq['S']}, bf16 inputs: Python loop of the step kernel "
+          f"{seq['step_loop_ms']:.2f} ms; fused_sequence with fp32 states (tiled form) {seq['fused_ms']:.3f} ms "
+          f"({seq['speedup']:.1f}x); one-launch recurrent kernel (bf16 states) {seq['one_launch_bf16_states_ms']:.3f} ms "
+          f"({seq['one_launch_speedup']:.1f}x, {seq['one_launch_tfma_per_s']:.1f} T FMA/s)")
 
 
 if __name__ == "__main__":

@@ -268,7 +268,7 @@ mlstm_status recurrent_fwd_sizes(const FwdParams&, mlstm_buffer_sizes* sizes) {
   return MLSTM_OK;
 }
 
-mlstm_status sequence_fwd(const FwdParams& p) {
+mlstm_status recurrent_sequence_fwd(const FwdParams& p) {
   DeviceGuard guard(p.device_index);
   DeviceInfo dev;
   MLSTM_RETURN_IF_ERROR(device_info(p.device_index, &dev));
