@@ -53,7 +53,11 @@ mlstm_status fwd_sizes(const FwdParams& p, mlstm_buffer_sizes* sizes) {
     case Form::kParallel: return parallel_fwd_sizes(p, sizes);
     case Form::kChunkwise: return chunkwise_fwd_sizes(p, sizes);
     case Form::kSequence:
-      if (sequence_runs_chunkwise(p)) return chunkwise_fwd_sizes(as_chunkwise(p), sizes);
+      if (sequence_runs_chunkwise(p)) {
+        MLSTM_RETURN_IF_ERROR(chunkwise_fwd_sizes(as_chunkwise(p), sizes));
+        sizes->saved_bytes = 0;  // an inference form saves nothing for a backward
+        return MLSTM_OK;
+      }
       return recurrent_fwd_sizes(p, sizes);
     case Form::kStep: return recurrent_fwd_sizes(p, sizes);
   }
