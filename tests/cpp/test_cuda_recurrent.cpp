@@ -385,6 +385,9 @@ int main(int argc, char** argv) {
         {{1, 2, 2, 1024, 1024, f32, bf16, f32, true, true, false, plain}, true},
         {{5, 3, 4, 64, 64, bf16, bf16, bf16, true, true, false, wild_input}, true},
         {{7, 3, 2, 128, 256, f16, f16, f32, true, true, true, plain}, false},
+        // B * NH = 132 (one per SM of an H100): one slab per (b, h), walked as two tiles of 512 columns.
+        {{33, 4, 2, 16, 1024, bf16, bf16, f32, true, true, false, plain}, false},
+        {{33, 4, 2, 16, 1024, f16, f32, bf16, true, true, false, long_memory}, true},
     };
   }
   for (const SeqCase& c : seq) run_sequence_case(rng, c);

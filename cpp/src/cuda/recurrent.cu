@@ -85,6 +85,83 @@ int common_alignment(int limit, const void* ptr, std::initializer_list<int64_t> 
 
 // ---- step ---------------------------------------------------------------------------------------------
 
+// Variants of the step's work split that only a timing run can settle. Flip them here; nothing else
+// reads them.
+//  * kStepBlocksPerSm: how many blocks of the step share an SM in the slab-count model of
+//    choose_step_config. 1: at B*NH >= ~#SMs every block streams whole rows of one (b, h) (2 KiB per
+//    row for fp32 DHHV = 512); 2: twice the slabs, half as wide, two blocks per SM (B=16 -> 2 slabs).
+//  * kStepProgrammaticLaunch: launch with programmatic stream serialization (sm_90), so that a step
+//    launches while the previous one drains (the kernel waits for it before its first load).
+constexpr int kStepBlocksPerSm = 1;
+constexpr bool kStepProgrammaticLaunch = false;
+
+// The step's work split (recurrent_step.cuh): slabs per (b, h) and the tile inside a slab.
+struct StepConfig {
+  int vec = 1;           // state elements per access: 16 bytes, or 1 for unaligned rows
+  int nv = 1;            // vectors per thread in a row of a tile
+  int nslab = 1;         // blocks per (b, h)
+  int slab_width = 0;    // columns per block
+  int tile_threads = 1;  // threads along a row of a tile
+  bool cluster = false;  // in place with several slabs: the slabs of a (b, h) form a cluster
+  bool programmatic_launch = false;
+};
+
+// Slabs per (b, h): the count whose busiest SM streams the fewest columns, with the blocks spread
+// evenly, kStepBlocksPerSm at a time per SM; on ties the fewest slabs (wider rows per warp, fewer
+// prologues). Counts past the first that gives every SM its kStepBlocksPerSm blocks are not tried:
+// once the GPU is full, every block has enough bytes in flight and the blocks share DRAM evenly, so
+// smaller blocks would only add prologues. Each slab is at least 16 columns and a whole number of
+// vectors. In place, the slabs of a (b, h) form one cluster; clusters wider than 2 cost bandwidth, so
+// they are used only where there are too few (b, h) to fill the GPU otherwise (at most 8 blocks, the
+// portable limit), and before sm_90 there is a single slab (benchmarks/results/recurrent_h100.md).
+// Tile: the most threads along a row (up to a warp: 512 contiguous bytes per load instruction), then
+// the most vectors per thread (up to 16 state elements) that divide the slab.
+StepConfig choose_step_config(const FwdParams& p, const DeviceInfo& dev, int vec, bool nm_in_place) {
+  StepConfig cfg;
+  cfg.vec = vec;
+  const int64_t BH = p.B * p.NH;
+  const bool use_cluster = nm_in_place && dev.cc_major >= 9;
+  const int cap = nm_in_place ? (use_cluster ? (BH < 64 ? 8 : 2) : 1) : 64;
+  const int64_t vectors = p.DHHV / vec;
+  const int64_t slots = int64_t(kStepBlocksPerSm) * dev.sm_count;
+  int64_t best_cost = INT64_MAX;
+  for (int d = 1; d <= cap; ++d) {
+    if (vectors % d != 0 || p.DHHV / d < 16) continue;
+    const int64_t cost = (BH * d + slots - 1) / slots * (p.DHHV / d);
+    if (cost < best_cost) best_cost = cost, cfg.nslab = d;
+    if (BH * d >= slots) break;
+  }
+  cfg.slab_width = static_cast<int>(p.DHHV / cfg.nslab);
+  const int slab_vectors = cfg.slab_width / vec;
+  cfg.tile_threads = 32;
+  while (slab_vectors % cfg.tile_threads != 0) cfg.tile_threads /= 2;
+  const int max_nv = vec == 1 ? 1 : 16 / vec;
+  for (int nv = max_nv; nv >= 1; nv /= 2)
+    if (slab_vectors % (cfg.tile_threads * nv) == 0) {
+      cfg.nv = nv;
+      break;
+    }
+  cfg.cluster = use_cluster && cfg.nslab > 1;
+  cfg.programmatic_launch = kStepProgrammaticLaunch && dev.cc_major >= 9;
+  return cfg;
+}
+
+// The one dispatch point of the step's compile-time tile: (vec, nv) -> kernel, null if not built.
+template <typename TS, typename TQ>
+void (*step_kernel(int vec, int nv))(StepParams) {
+  constexpr int kVec = 16 / sizeof(TS);
+  if (vec == 1) return nv == 1 ? recurrent::recurrent_step_fwd_kernel<TS, TQ, 1, 1> : nullptr;
+  if (vec != kVec) return nullptr;
+  switch (nv) {
+    case 1: return recurrent::recurrent_step_fwd_kernel<TS, TQ, kVec, 1>;
+    case 2: return recurrent::recurrent_step_fwd_kernel<TS, TQ, kVec, 2>;
+    case 4:
+      if constexpr (kVec == 4) return recurrent::recurrent_step_fwd_kernel<TS, TQ, kVec, 4>;
+      return nullptr;
+    default: return nullptr;
+  }
+}
+
 template <typename TS, typename TQ>
 mlstm_status launch_step(const FwdParams& p, const DeviceInfo& dev, cudaStream_t stream) {
   constexpr int kVec = 16 / sizeof(TS);
@@ -97,37 +174,19 @@ mlstm_status launch_step(const FwdParams& p, const DeviceInfo& dev, cudaStream_t
                      p.c_last.stride[2] != p.c_initial.stride[2]))
     return fail(MLSTM_ERROR_INVALID_ARGUMENT, "step: c_last is the c_initial buffer but with other strides");
 
-  // 16-byte state vectors need 16-byte aligned rows (slab starts are multiples of kVec columns).
+  // 16-byte state vectors need 16-byte aligned rows (slab and vector starts are multiples of kVec columns).
   bool vec_ok = common_alignment(16, p.c_last.data, {p.c_last.stride[0] * es, p.c_last.stride[1] * es,
                                                      p.c_last.stride[2] * es}) == 16;
   if (p.has_initial)
     vec_ok = vec_ok && common_alignment(16, p.c_initial.data, {p.c_initial.stride[0] * es, p.c_initial.stride[1] * es,
                                                                p.c_initial.stride[2] * es}) == 16;
-  const int vec = vec_ok ? kVec : 1;
-
-  // Slabs per (b, h), each at least 16 columns and a whole number of vectors: the most slabs up to
-  // about two blocks per SM when there are few (b, h) (one wave, small batches fill the GPU), about
-  // four blocks per SM otherwise (finer blocks balance the SMs better). In place, the slabs of a
-  // (b, h) form one cluster; clusters wider than 2 cost bandwidth, so they are used only where
-  // there are too few (b, h) to fill the GPU otherwise (at most 8 blocks, the portable limit), and
-  // before sm_90 there is a single slab. (Measured on H100: benchmarks/results/recurrent_h100.md.)
-  const bool use_cluster = nm_in_place && dev.cc_major >= 9;
-  const int64_t vectors = p.DHHV / vec;
-  const bool few_heads = BH < 64;
-  const int cap = nm_in_place ? (use_cluster ? (few_heads ? 8 : 2) : 1) : 64;
-  const int64_t target = (int64_t(few_heads ? 2 : 4) * dev.sm_count + BH - 1) / BH;
-  int nslab = 1;
-  for (int d = 2; d <= cap && d <= target; ++d)
-    if (vectors % d == 0 && p.DHHV / d >= 16) nslab = d;
-  const int slab_width = static_cast<int>(p.DHHV / nslab);
-  int tile_threads = 16;
-  while ((slab_width / vec) % tile_threads != 0) tile_threads /= 2;
+  const StepConfig cfg = choose_step_config(p, dev, vec_ok ? kVec : 1, nm_in_place);
 
   StepParams sp;
   sp.NH = p.NH, sp.DHQK = p.DHQK, sp.DHHV = p.DHHV;
-  sp.nslab = nslab, sp.slab_width = slab_width, sp.tile_threads = tile_threads;
+  sp.nslab = cfg.nslab, sp.slab_width = cfg.slab_width, sp.tile_threads = cfg.tile_threads;
   sp.has_initial = p.has_initial;
-  sp.cluster_in_place = use_cluster && nslab > 1;
+  sp.cluster_in_place = cfg.cluster;
   sp.prefetch_l2 = BH * p.DHQK * p.DHHV * es <= (int64_t(16) << 20);
   sp.eps = p.eps, sp.qk_scale = p.qk_scale;
   sp.gate_dtype = p.i.dtype;
@@ -148,24 +207,33 @@ mlstm_status launch_step(const FwdParams& p, const DeviceInfo& dev, cudaStream_t
   sp.m_out = p.m_last.data, sp.m_out_s0 = p.m_last.stride[0], sp.m_out_s1 = p.m_last.stride[1];
   sp.h = p.h.data, sp.h_s0 = p.h.stride[0], sp.h_s1 = p.h.stride[1];
 
-  void (*kernel)(StepParams) = vec == kVec ? recurrent::recurrent_step_fwd_kernel<TS, TQ, kVec>
-                                           : recurrent::recurrent_step_fwd_kernel<TS, TQ, 1>;
-  const int64_t blocks = BH * nslab;
+  void (*kernel)(StepParams) = step_kernel<TS, TQ>(cfg.vec, cfg.nv);
+  if (kernel == nullptr)
+    return fail(MLSTM_ERROR_INTERNAL, "step: no kernel for %d elements per access and %d vectors per thread", cfg.vec,
+                cfg.nv);
+  const int64_t blocks = BH * cfg.nslab;
   if (blocks > INT32_MAX) return fail(MLSTM_ERROR_UNSUPPORTED, "step: B * NH = %lld is too large", (long long)BH);
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(static_cast<unsigned>(blocks));
   config.blockDim = dim3(kStepThreads);
-  config.dynamicSmemBytes = 0;
+  config.dynamicSmemBytes = recurrent::step_smem_bytes(cfg.slab_width);
   config.stream = stream;
-  cudaLaunchAttribute cluster;
-  cluster.id = cudaLaunchAttributeClusterDimension;
-  cluster.val.clusterDim.x = static_cast<unsigned>(nslab);
-  cluster.val.clusterDim.y = 1;
-  cluster.val.clusterDim.z = 1;
-  if (sp.cluster_in_place) {
-    config.attrs = &cluster;
-    config.numAttrs = 1;
+  cudaLaunchAttribute attrs[2];
+  int nattrs = 0;
+  if (cfg.cluster) {
+    attrs[nattrs].id = cudaLaunchAttributeClusterDimension;
+    attrs[nattrs].val.clusterDim.x = static_cast<unsigned>(cfg.nslab);
+    attrs[nattrs].val.clusterDim.y = 1;
+    attrs[nattrs].val.clusterDim.z = 1;
+    ++nattrs;
   }
+  if (cfg.programmatic_launch) {
+    attrs[nattrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attrs[nattrs].val.programmaticStreamSerializationAllowed = 1;
+    ++nattrs;
+  }
+  config.attrs = attrs;
+  config.numAttrs = nattrs;
   MLSTM_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, sp));
   MLSTM_CUDA_CHECK_LAUNCH("recurrent_step_fwd_kernel");
   return MLSTM_OK;
