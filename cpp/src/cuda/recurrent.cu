@@ -85,15 +85,21 @@ int common_alignment(int limit, const void* ptr, std::initializer_list<int64_t> 
 
 // ---- step ---------------------------------------------------------------------------------------------
 
-// Variants of the step's work split that only a timing run can settle. Flip them here; nothing else
-// reads them.
+// Variants of the step's work split that only a timing run can settle. Nothing else reads them; a
+// timing build may override them (-DMLSTM_STEP_BLOCKS_PER_SM=2, -DMLSTM_STEP_PROGRAMMATIC_LAUNCH=1).
 //  * kStepBlocksPerSm: how many blocks of the step share an SM in the slab-count model of
 //    choose_step_config. 1: at B*NH >= ~#SMs every block streams whole rows of one (b, h) (2 KiB per
 //    row for fp32 DHHV = 512); 2: twice the slabs, half as wide, two blocks per SM (B=16 -> 2 slabs).
 //  * kStepProgrammaticLaunch: launch with programmatic stream serialization (sm_90), so that a step
 //    launches while the previous one drains (the kernel waits for it before its first load).
-constexpr int kStepBlocksPerSm = 1;
-constexpr bool kStepProgrammaticLaunch = false;
+#ifndef MLSTM_STEP_BLOCKS_PER_SM
+#define MLSTM_STEP_BLOCKS_PER_SM 1
+#endif
+#ifndef MLSTM_STEP_PROGRAMMATIC_LAUNCH
+#define MLSTM_STEP_PROGRAMMATIC_LAUNCH 0
+#endif
+constexpr int kStepBlocksPerSm = MLSTM_STEP_BLOCKS_PER_SM;
+constexpr bool kStepProgrammaticLaunch = MLSTM_STEP_PROGRAMMATIC_LAUNCH != 0;
 
 // The step's work split (recurrent_step.cuh): slabs per (b, h) and the tile inside a slab.
 struct StepConfig {
