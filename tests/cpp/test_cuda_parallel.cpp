@@ -16,7 +16,7 @@
 // of that precision can beat. An output whose reference exceeds the float16 range is not compared
 // in float16.
 //
-// Modes: MLSTM_TEST_SMALL=1 runs one small case per dtype (for compute-sanitizer);
+// Modes: MLSTM_TEST_SMALL=1 runs one small case per dtype and two bf16 shapes (for compute-sanitizer);
 // `test_cuda_parallel --bench` checks sampled heads of the benchmark shapes and times them.
 #include <algorithm>
 #include <chrono>
@@ -740,6 +740,9 @@ int main(int argc, char** argv) {
   } else if (small) {
     for (mlstm_dtype dt : dtypes) check_case(Case{2, 3, 70, 32, 48, dt, dt, 0.0, 0.0, 2.0, 1e-6f, 0}, 11, 6);
     check_case(Case{1, 2, 45, 16, 32, MLSTM_BFLOAT16, MLSTM_FLOAT32, 3.0, -4.0, 3.0, 1e-2f, 2}, 12, 2);
+    // Head dims of one full 128-column chunk plus a partial one (both product loops of the 16-bit
+    // tile kernel) and several row tiles (tiles below the diagonal).
+    check_case(Case{1, 2, 300, 144, 160, MLSTM_BFLOAT16, MLSTM_FLOAT32, 3.0, 0.0, 1.0, 1e-6f, 0}, 13, 2);
   } else {
     uint64_t seed = 100;
     for (mlstm_dtype dt : dtypes) {

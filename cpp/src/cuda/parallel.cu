@@ -65,7 +65,7 @@ Saved carve_saved(const Geometry& geo, void* base, size_t* bytes) {
 }
 
 struct FwdWorkspace {
-  float *ar, *d, *kterm, *qterm, *gsum, *cmax, *prefix;
+  float *ar, *d, *kterm, *cfactor, *qterm, *gsum, *cmax, *prefix;
   Saved rows;  // m2 and den when the caller keeps no saved buffer
 };
 FwdWorkspace carve_fwd(const Geometry& geo, void* base, size_t* bytes) {
@@ -74,6 +74,7 @@ FwdWorkspace carve_fwd(const Geometry& geo, void* base, size_t* bytes) {
   w.ar = c.take(geo.BH * geo.S_pad);
   w.d = c.take(geo.BH * geo.S_pad);
   w.kterm = c.take(geo.BH * geo.S_pad);
+  w.cfactor = c.take(geo.BH * geo.S_pad);
   w.qterm = c.take(geo.BH * geo.S_pad);
   w.gsum = c.take(geo.BH * geo.NT);
   w.cmax = c.take(geo.BH * geo.NT);
@@ -145,8 +146,9 @@ mlstm_status check_grid(int64_t blocks, const char* what) {
   return MLSTM_OK;
 }
 
+// cfactor: the forward's column factors of the gate matrix, or null (the backward does not use them).
 mlstm_status launch_gate_tables(const Geometry& geo, int64_t NH, const TensorView& i, const TensorView& f, float* ar,
-                                float* d, float* kterm, float* gsum, float* cmax, cudaStream_t stream) {
+                                float* d, float* kterm, float* gsum, float* cmax, float* cfactor, cudaStream_t stream) {
   parallel::GateTableParams gp;
   gp.i = gate_view(i);
   gp.f = gate_view(f);
@@ -159,6 +161,7 @@ mlstm_status launch_gate_tables(const Geometry& geo, int64_t NH, const TensorVie
   gp.kterm = kterm;
   gp.gsum = gsum;
   gp.cmax = cmax;
+  gp.cfactor = cfactor;
   const int64_t blocks = geo.BH * geo.NT;
   MLSTM_RETURN_IF_ERROR(check_grid(blocks, "the gate tables"));
   parallel::parallel_gate_tables_kernel<<<static_cast<unsigned>(blocks), kTile, 0, stream>>>(gp);
@@ -213,7 +216,8 @@ mlstm_status forward(const FwdParams& p) {
   const FwdWorkspace w = carve_fwd(geo, p.workspace, nullptr);
   const Saved rows = p.saved != nullptr ? carve_saved(geo, p.saved, nullptr) : w.rows;
 
-  MLSTM_RETURN_IF_ERROR(launch_gate_tables(geo, p.NH, p.i, p.f, w.ar, w.d, w.kterm, w.gsum, w.cmax, stream));
+  MLSTM_RETURN_IF_ERROR(
+      launch_gate_tables(geo, p.NH, p.i, p.f, w.ar, w.d, w.kterm, w.gsum, w.cmax, w.cfactor, stream));
 
   parallel::StabiliserParams sp;
   sp.S = geo.S;
@@ -238,6 +242,8 @@ mlstm_status forward(const FwdParams& p) {
   set_out(&tp, p.h);
   tp.row_term = w.qterm;
   tp.col_term = w.kterm;
+  tp.col_factor = w.cfactor;
+  tp.cmax = w.cmax;
   tp.gsum = w.gsum;
   tp.m2 = rows.m2;
   tp.den = rows.den;
@@ -251,7 +257,8 @@ mlstm_status backward(const BwdParams& p) {
   const BwdWorkspace w = carve_bwd(geo, p.DHQK, p.workspace, nullptr);
   const Saved saved = carve_saved(geo, const_cast<void*>(p.saved), nullptr);
 
-  MLSTM_RETURN_IF_ERROR(launch_gate_tables(geo, p.NH, p.i, p.f, w.ar, w.d, w.kterm, w.gsum, w.cmax, stream));
+  MLSTM_RETURN_IF_ERROR(
+      launch_gate_tables(geo, p.NH, p.i, p.f, w.ar, w.d, w.kterm, w.gsum, w.cmax, nullptr, stream));
 
   parallel::BwdRowParams<T> rp;
   rp.h = {p.h.ptr<const T>(), p.h.stride[0], p.h.stride[1], p.h.stride[2]};

@@ -2,10 +2,11 @@
 // logD_{t,s} without differences of global cumulative sums, the stabiliser m_t, the backward's
 // per-row normaliser terms, and the backward's gate gradients (reverse scans).
 //
-// Everything here is in log2 units (x2 = x * log2 e) so that the tile kernel needs one ex2 per
-// element. Tables are (B*NH, S_pad) with S_pad = NT * kTile, or (B*NH, NT) per tile ("granule").
+// Everything here is in log2 units (x2 = x * log2 e) so that the tile kernel needs at most one ex2
+// per element (the forward's column factors 2^(c_s - Mc_J) spare even that below the diagonal).
+// Tables are (B*NH, S_pad) with S_pad = NT * kTile, or (B*NH, NT) per tile ("granule").
 //
-// Construction of logD (per (b, h), granules of kTile = 64 positions, J(t) the granule of t):
+// Construction of logD (per (b, h), granules of kTile = 32 positions, J(t) the granule of t):
 //   f̃2_r = log2e * logsigmoid(f_r),   i2_s = log2e * i_s
 //   Ar_t  = Σ_{r = start(J(t)) .. t} f̃2_r              (inclusive, local to the granule)
 //   c_s   = Σ_{r = s+1 .. end(J(s))} f̃2_r + i2_s        (reverse exclusive, local; -inf past S)
@@ -15,7 +16,7 @@
 // Every term is a sum over one granule or over the granules strictly between s and t, built by
 // adding granule totals while walking away from the diagonal: no term is the difference of two long
 // prefix sums, so the rounding error stays that of the terms actually summed (the "stablef" idea,
-// per tile). On the diagonal granule Ar_t - g_J + c_s is a difference of sums over <= 64 terms.
+// per tile). On the diagonal granule Ar_t - g_J + c_s is a difference of sums over <= 32 terms.
 //
 // Stabiliser m2_t = max_s logD2_{t,s} = max(d_t, Ar_t + P_{J(t)}) where d_t is the recurrence
 // d_t = max(d_{t-1} + f̃2_t, i2_t) restarted (at -inf) at each granule start, and
@@ -77,12 +78,13 @@ struct GateTableParams {
   float* kterm = nullptr;  // (B*NH, S_pad)  c_s, -inf for s >= S
   float* gsum = nullptr;   // (B*NH, NT)     g_J
   float* cmax = nullptr;   // (B*NH, NT)     Mc_J = max_{s in J} c_s
+  float* cfactor = nullptr;  // (B*NH, S_pad) forward only: 2^(c_s - Mc_J(s)) (0 where c_s = -inf), or null
 };
 
-// One block of kTile threads per (granule, b*h). The three scans over 64 values run in one thread:
+// One block of kTile threads per (granule, b*h). The three scans over kTile values run in one thread:
 // sequential order keeps them deterministic and they cost nothing next to the tile kernel.
 __global__ void __launch_bounds__(kTile) parallel_gate_tables_kernel(const GateTableParams p) {
-  __shared__ float s_f[kTile], s_i[kTile], s_ar[kTile], s_d[kTile], s_c[kTile];
+  __shared__ float s_f[kTile], s_i[kTile], s_ar[kTile], s_d[kTile], s_c[kTile], s_cmax[1];
   const int64_t bh = blockIdx.x / p.NT;
   const int J = static_cast<int>(blockIdx.x % p.NT);
   const int64_t b = bh / p.NH, h = bh % p.NH;
@@ -109,12 +111,15 @@ __global__ void __launch_bounds__(kTile) parallel_gate_tables_kernel(const GateT
     }
     p.gsum[bh * p.NT + J] = acc;
     p.cmax[bh * p.NT + J] = cmax;
+    s_cmax[0] = cmax;
   }
   __syncthreads();
   const int64_t idx = bh * p.S_pad + t;
   p.ar[idx] = s_ar[u];
   p.d[idx] = s_d[u];
   p.kterm[idx] = s_c[u];
+  // Mc_J = -inf only when every c_s of the granule is -inf; their factors are then 0, not NaN.
+  if (p.cfactor != nullptr) p.cfactor[idx] = s_c[u] == -INFINITY ? 0.0f : exp2f(s_c[u] - s_cmax[0]);
 }
 
 // ---- forward: the stabiliser and the query-side exponent term -----------------------------------

@@ -20,14 +20,19 @@
 //
 // The gate matrix is never formed: the exponent of element (t, s) is the sum of a per-row term,
 // a per-column term and a per-(warp, tile) gap term E (see parallel_gates.cuh), and the stabiliser
-// m_t is known before the walk, so no running max or rescaling is needed.
+// m_t is known before the walk, so no running max or rescaling is needed. Only a warp's diagonal
+// tile is masked; the forward takes the tiles below it as an outer product of a row factor and a
+// column factor (gate_tile_factored: one ex2 per row instead of one per element), the backward
+// passes keep one ex2 per element (grad q and grad k must round identically).
 //
 // Data movement: the block's X rows stay in shared memory for the whole walk; Y and Z arrive in
 // chunks of (kTile rows, 128 columns) through a ring of kStages cp.async buffers, together with the
 // column's gate terms. 16-bit inputs: 4 warps of 32 rows (two 16-row blocks share every B
 // fragment), mma.sync m16n8k16 with ldmatrix, the elementwise result repacked in registers as the
-// A operand of the second product. fp32 inputs: 4 warps of 16 rows, exact fp32 FFMA products laid
-// out like the mma accumulators, the second product's operand staged through shared memory.
+// A operand of the second product; a full 128-column chunk runs its 16-column steps without
+// guards so that ldmatrix overlaps the mma of earlier steps (for the scores product from sm_90 on:
+// sm_80 would spill). fp32 inputs: 4 warps of 16 rows, exact fp32 FFMA products laid out like the
+// mma accumulators, the second product's operand staged through shared memory.
 #pragma once
 
 #include <math.h>
@@ -60,6 +65,8 @@ struct TileParams {
   const float* row_add = nullptr;    // grad q: σ_t
   const float* col_term = nullptr;   // (B*NH, S_pad)
   const float* col_add = nullptr;    // grad k: σ_t
+  const float* col_factor = nullptr; // forward: (B*NH, S_pad) 2^(c_s - Mc_J(s)), see gate_tile_factored
+  const float* cmax = nullptr;       // forward: (B*NH, NT) Mc_J = max_{s in J} c_s
   const float* gsum = nullptr;       // (B*NH, NT) granule totals of log2 f̃
   const float* m2 = nullptr;         // forward: (B*NH, S) stabiliser, log2 units
   float* den = nullptr;              // forward: (B*NH, S) written by slice 0
@@ -77,7 +84,15 @@ struct TileConfig {
   static constexpr int kRowBlocks = kTensorCores ? 2 : 1;  // 16-row blocks per warp
   static constexpr int kWarpRows = 16 * kRowBlocks;
   static constexpr int kRows = kWarps * kWarpRows;
+  static_assert(kTile % kWarpRows == 0, "a warp's rows lie in one granule: it has one diagonal tile");
   static constexpr int kStages = kTensorCores ? 4 : 2;
+  // Full chunks run the scores product's 16-column steps without guards (warp_scores_mma). Not on
+  // sm_80: there ptxas hoists the ldmatrix of every step and spills.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  static constexpr bool kUnguardedScores = false;
+#else
+  static constexpr bool kUnguardedScores = true;
+#endif
   static constexpr int kMinBlocks = kTensorCores ? 2 : 1;
   static constexpr int kTableBytes = 2 * kTile * 4;  // column term and column addend
   static constexpr int kSlotBytes = kTile * Layout::kRowBytes + kTableBytes;
@@ -99,35 +114,51 @@ using PFragments = uint32_t[TileConfig<T>::kRowBlocks][kTile / 16][4];  // Pv as
 
 // ---- the two products of a warp ----------------------------------------------------------------
 
+// Tensor-core half of warp_scores. kFull: the chunk is full (k_valid == kChunk), so every 16-column
+// step runs unconditionally and the steps form one branch-free block in which ptxas can issue the
+// ldmatrix of later steps under the mma of earlier ones. With a run-time guard per step (partial
+// chunks) each step is its own block and waits for its own ldmatrix.
+template <typename T, bool kFull>
+__device__ __forceinline__ void warp_scores_mma(Scores<T>& s, uint32_t x_base, uint32_t y_base, int warp_row, int lane,
+                                                int k_valid) {
+  using L = ChunkLayout<T>;
+  constexpr int RB = TileConfig<T>::kRowBlocks;
+  const uint32_t a_lane = L::lane_part(lane & 15, lane >> 4);
+  const uint32_t b_lane = L::lane_part((lane >> 4) * 8 + (lane & 7), (lane >> 3) & 1);
+#pragma unroll
+  for (int kk = 0; kk < kChunk / 16; ++kk) {
+    if (kFull || kk * 16 < k_valid) {
+      uint32_t a[RB][4];
+#pragma unroll
+      for (int rb = 0; rb < RB; ++rb) ldmatrix_x4(a[rb], x_base + L::at(a_lane, warp_row + 16 * rb, kk));
+#pragma unroll
+      for (int pr = 0; pr < kTile / 16; ++pr) {
+        uint32_t bq[4];
+        ldmatrix_x4(bq, y_base + L::at(b_lane, 16 * pr, kk));
+#pragma unroll
+        for (int rb = 0; rb < RB; ++rb) {
+          mma_16816<T>(s[rb][2 * pr], a[rb], bq[0], bq[1]);
+          mma_16816<T>(s[rb][2 * pr + 1], a[rb], bq[2], bq[3]);
+        }
+      }
+    }
+  }
+}
+
 // scores(warp rows x kTile) += X(warp rows, k_valid columns of this chunk) Yᵀ(kTile x k_valid)
 template <typename T>
 __device__ __forceinline__ void warp_scores(Scores<T>& s, const unsigned char* smem, uint32_t smem_base,
                                             uint32_t x_off, uint32_t y_off, int warp_row, int lane, int k_valid) {
   using L = ChunkLayout<T>;
-  constexpr int RB = TileConfig<T>::kRowBlocks;
   if constexpr (TileConfig<T>::kTensorCores) {
     (void)smem;
-    const uint32_t a_lane = L::lane_part(lane & 15, lane >> 4);
-    const uint32_t b_lane = L::lane_part((lane >> 4) * 8 + (lane & 7), (lane >> 3) & 1);
-    const uint32_t x_base = smem_base + x_off, y_base = smem_base + y_off;
-#pragma unroll
-    for (int kk = 0; kk < kChunk / 16; ++kk) {
-      if (kk * 16 < k_valid) {
-        uint32_t a[RB][4];
-#pragma unroll
-        for (int rb = 0; rb < RB; ++rb) ldmatrix_x4(a[rb], x_base + L::at(a_lane, warp_row + 16 * rb, kk));
-#pragma unroll
-        for (int pr = 0; pr < kTile / 16; ++pr) {
-          uint32_t bq[4];
-          ldmatrix_x4(bq, y_base + L::at(b_lane, 16 * pr, kk));
-#pragma unroll
-          for (int rb = 0; rb < RB; ++rb) {
-            mma_16816<T>(s[rb][2 * pr], a[rb], bq[0], bq[1]);
-            mma_16816<T>(s[rb][2 * pr + 1], a[rb], bq[2], bq[3]);
-          }
-        }
+    if constexpr (TileConfig<T>::kUnguardedScores) {
+      if (k_valid == kChunk) {
+        warp_scores_mma<T, true>(s, smem_base + x_off, smem_base + y_off, warp_row, lane, k_valid);
+        return;
       }
     }
+    warp_scores_mma<T, false>(s, smem_base + x_off, smem_base + y_off, warp_row, lane, k_valid);
   } else {
     (void)smem_base;
     const int g = lane >> 2, tq = lane & 3;
@@ -149,6 +180,30 @@ __device__ __forceinline__ void warp_scores(Scores<T>& s, const unsigned char* s
   }
 }
 
+// Tensor-core half of warp_update; kFull as in warp_scores_mma (z_valid == kChunk).
+template <typename T, bool kFull>
+__device__ __forceinline__ void warp_update_mma(Accumulator<T>& acc, const PFragments<T>& pfrag, uint32_t z_base,
+                                                int lane, int z_valid) {
+  using L = ChunkLayout<T>;
+  constexpr int RB = TileConfig<T>::kRowBlocks;
+  const uint32_t z_lane = L::lane_part(((lane >> 3) & 1) * 8 + (lane & 7), lane >> 4);
+#pragma unroll
+  for (int kk = 0; kk < kTile / 16; ++kk) {
+#pragma unroll
+    for (int pr = 0; pr < kChunk / 16; ++pr) {
+      if (kFull || pr * 16 < z_valid) {
+        uint32_t bq[4];
+        ldmatrix_x4_trans(bq, z_base + L::at(z_lane, 16 * kk, pr));
+#pragma unroll
+        for (int rb = 0; rb < RB; ++rb) {
+          mma_16816<T>(acc[rb][2 * pr], pfrag[rb][kk], bq[0], bq[1]);
+          mma_16816<T>(acc[rb][2 * pr + 1], pfrag[rb][kk], bq[2], bq[3]);
+        }
+      }
+    }
+  }
+}
+
 // acc(warp rows x 128) += Pv(warp rows x kTile) Z(kTile x z_valid). 16-bit: Pv in registers as A
 // fragments; fp32: Pv staged in the warp's shared-memory rows.
 template <typename T>
@@ -156,26 +211,13 @@ __device__ __forceinline__ void warp_update(Accumulator<T>& acc, const PFragment
                                             const unsigned char* smem, uint32_t smem_base, uint32_t z_off, int lane,
                                             int z_valid) {
   using L = ChunkLayout<T>;
-  constexpr int RB = TileConfig<T>::kRowBlocks;
   if constexpr (TileConfig<T>::kTensorCores) {
     (void)staging;
     (void)smem;
-    const uint32_t z_lane = L::lane_part(((lane >> 3) & 1) * 8 + (lane & 7), lane >> 4);
-    const uint32_t z_base = smem_base + z_off;
-#pragma unroll
-    for (int kk = 0; kk < kTile / 16; ++kk) {
-#pragma unroll
-      for (int pr = 0; pr < kChunk / 16; ++pr) {
-        if (pr * 16 < z_valid) {
-          uint32_t bq[4];
-          ldmatrix_x4_trans(bq, z_base + L::at(z_lane, 16 * kk, pr));
-#pragma unroll
-          for (int rb = 0; rb < RB; ++rb) {
-            mma_16816<T>(acc[rb][2 * pr], pfrag[rb][kk], bq[0], bq[1]);
-            mma_16816<T>(acc[rb][2 * pr + 1], pfrag[rb][kk], bq[2], bq[3]);
-          }
-        }
-      }
+    if (z_valid == kChunk) {
+      warp_update_mma<T, true>(acc, pfrag, smem_base + z_off, lane, z_valid);
+    } else {
+      warp_update_mma<T, false>(acc, pfrag, smem_base + z_off, lane, z_valid);
     }
   } else {
     (void)pfrag;
@@ -206,16 +248,16 @@ __device__ __forceinline__ void warp_update(Accumulator<T>& acc, const PFragment
 }
 
 // The elementwise map of one 16-row block of a tile, in place on its scores (see the pass table at
-// the top). row_term: the row terms of the accumulator rows (g, g + 8); gap: E; row_local: their
-// positions inside the diagonal granule; diag: mask to s <= t.
+// the top), with one ex2 per element. row_term: the row terms of the accumulator rows (g, g + 8);
+// gap: E; row_local: the position of row g inside the diagonal granule. kDiag: the tile is the
+// warp's diagonal granule, masked to s <= t; every other tile lies wholly on the kept side.
 // The grad q and grad k passes must produce bit-identical values for element (t, s), so that the
 // gate gradient Σ_{t>=r} q_t.dq_t - Σ_{s>=r} k_s.dk_s telescopes over the same rounded products:
 // both form the exponent as (key term + E) + query term, E being exact (see the walk below).
-template <Pass kPass>
+template <Pass kPass, bool kDiag>
 __device__ __forceinline__ void gate_tile(float (&s)[kTile / 8][4], float (&rowsum)[2], const float* col_term,
                                           const float* col_add, const float (&row_term)[2], float gap,
-                                          const float (&row_add)[2],
-                                          const int (&row_local)[2], bool diag, int tq) {
+                                          const float (&row_add)[2], int row_local, int tq) {
   constexpr bool kTransposed = kPass == Pass::kGradK || kPass == Pass::kGradV;
   const float row_exp[2] = {row_term[0] + gap, row_term[1] + gap};
 #pragma unroll
@@ -227,7 +269,6 @@ __device__ __forceinline__ void gate_tile(float (&s)[kTile / 8][4], float (&rows
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int r = e >> 1;
-      const int col_index = c0 + (e & 1);
       const float col = (e & 1) ? ct.y : ct.x;
       const float ds = fast_exp2(kPass == Pass::kGradQ ? (col + gap) + row_term[r] : row_exp[r] + col);
       float v;
@@ -238,12 +279,38 @@ __device__ __forceinline__ void gate_tile(float (&s)[kTile / 8][4], float (&rows
       } else {
         v = (s[nb][e] + ((e & 1) ? ca.y : ca.x)) * ds;
       }
-      if (diag) {
-        const bool keep = kTransposed ? col_index >= row_local[r] : col_index <= row_local[r];
+      if constexpr (kDiag) {
+        const int col_index = c0 + (e & 1);
+        const int row_index = row_local + 8 * r;
+        const bool keep = kTransposed ? col_index >= row_index : col_index <= row_index;
         v = keep ? v : 0.0f;
       }
       s[nb][e] = v;
       if constexpr (kPass == Pass::kForward) rowsum[r] += v;
+    }
+  }
+}
+
+// The forward's map on a tile below the diagonal, with the gate matrix as an outer product:
+//   2^(row_term_t + E + c_s) = 2^(row_term_t + E + Mc_J) * 2^(c_s - Mc_J),   Mc_J = max_{s in J} c_s.
+// The column factor (col_factor, <= 1) comes as a table; the row factor costs one ex2 per row and
+// tile, so an element costs two multiplies instead of an add and an ex2. Both factors are <= 1 up
+// to rounding (row_term + E + Mc_J = max_{s in J} logD2_{t,s} - m2_t + log2(scale) <= 0 below the
+// diagonal), so neither overflows, and a factor underflows only where the product is below 2^-126
+// too, which the one-ex2 form flushes to 0 as well. row_gap: E + Mc_J.
+__device__ __forceinline__ void gate_tile_factored(float (&s)[kTile / 8][4], float (&rowsum)[2],
+                                                   const float* col_factor, const float (&row_term)[2], float row_gap,
+                                                   int tq) {
+  const float row_factor[2] = {fast_exp2(row_term[0] + row_gap), fast_exp2(row_term[1] + row_gap)};
+#pragma unroll
+  for (int nb = 0; nb < kTile / 8; ++nb) {
+    const float2 cf = *reinterpret_cast<const float2*>(col_factor + 8 * nb + 2 * tq);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int r = e >> 1;
+      const float v = (s[nb][e] * ((e & 1) ? cf.y : cf.x)) * row_factor[r];
+      s[nb][e] = v;
+      rowsum[r] += v;
     }
   }
 }
@@ -284,7 +351,7 @@ __global__ void __launch_bounds__(TileConfig<T>::kThreads, TileConfig<T>::kMinBl
   const T* yb = static_cast<const T*>(p.y.data) + b * p.y.stride_b + h * p.y.stride_h;
   const T* zb = static_cast<const T*>(p.z.data) + b * p.z.stride_b + h * p.z.stride_h;
 
-  // ---- shared memory: X rows (resident) | ring of (64-row chunk + column tables) | fp32 staging
+  // ---- shared memory: X rows (resident) | ring of (kTile-row chunk + column tables) | fp32 staging
   const uint32_t x_off = 0;
   const uint32_t ring_off = static_cast<uint32_t>(n_x_chunks * Cfg::kRows * L::kRowBytes);
   const uint32_t staging_off = ring_off + Cfg::kStages * Cfg::kSlotBytes;
@@ -339,7 +406,7 @@ __global__ void __launch_bounds__(TileConfig<T>::kThreads, TileConfig<T>::kMinBl
       constexpr int kTableUnits = kTile / 4;  // 16-byte units of one column table
       if (issue_sub == n_x_chunks - 1 && tid < 2 * kTableUnits) {  // the tile's column terms and addends
         const int a = tid / kTableUnits, u = tid % kTableUnits;
-        const float* src = a == 0 ? p.col_term : p.col_add;
+        const float* src = a == 0 ? p.col_term : p.col_add != nullptr ? p.col_add : p.col_factor;
         if (src != nullptr)
           cp_async_16(smem_base + slot + kTile * L::kRowBytes + a * kTile * 4 + u * 16, src + bh * p.S_pad + col0 + u * 4,
                       true);
@@ -382,6 +449,7 @@ __global__ void __launch_bounds__(TileConfig<T>::kThreads, TileConfig<T>::kMinBl
       row_add[rb][r] = p.row_add != nullptr && in ? p.row_add[bh * p.S_pad + row] : 0.0f;
     }
   const float* gsum = p.gsum + bh * p.NT;
+  const float* cmax = kPass == Pass::kForward ? p.cmax + bh * p.NT : nullptr;
 
   // ---- prologue: X rows and the first kStages - 1 ring steps
   for (int kc = 0; kc < n_x_chunks; ++kc)
@@ -414,6 +482,11 @@ __global__ void __launch_bounds__(TileConfig<T>::kThreads, TileConfig<T>::kMinBl
     const bool active = warp_valid && (transposed ? granule >= diag_granule : granule <= diag_granule);
     if (active) gap_exact = diag ? -double(gsum[granule]) : gap_exact + double(gsum[transposed ? granule - 1 : granule + 1]);
     const float gap = static_cast<float>(gap_exact);
+    // Forward below the diagonal: E + Mc_J, the row factor's share of the factored gate matrix.
+    float row_gap = 0.0f;
+    if constexpr (kPass == Pass::kForward) {
+      if (active && !diag) row_gap = static_cast<float>(gap_exact + double(cmax[granule]));
+    }
 
     Scores<T> sc;
 #pragma unroll
@@ -430,14 +503,27 @@ __global__ void __launch_bounds__(TileConfig<T>::kThreads, TileConfig<T>::kMinBl
     }
     PFragments<T> pfrag;
     if (active) {
-      // The column tables travel with the tile's last Y chunk, in `slot`.
+      // The column tables travel with the tile's last Y chunk, in `slot`: the column term c_s, then
+      // the column addend (grad k) or the column factor (forward).
       const float* tables = reinterpret_cast<const float*>(smem + slot + kTile * L::kRowBytes);
+      if (diag) {
+        const int row_local = static_cast<int>(warp_row0 - int64_t(granule) * kTile) + g;
+#pragma unroll
+        for (int rb = 0; rb < RB; ++rb)
+          gate_tile<kPass, true>(sc[rb], rowsum[rb], tables, tables + kTile, row_term[rb], gap, row_add[rb],
+                                 row_local + 16 * rb, tq);
+      } else {
+#pragma unroll
+        for (int rb = 0; rb < RB; ++rb) {
+          if constexpr (kPass == Pass::kForward) {
+            gate_tile_factored(sc[rb], rowsum[rb], tables + kTile, row_term[rb], row_gap, tq);
+          } else {
+            gate_tile<kPass, false>(sc[rb], rowsum[rb], tables, tables + kTile, row_term[rb], gap, row_add[rb], 0, tq);
+          }
+        }
+      }
 #pragma unroll
       for (int rb = 0; rb < RB; ++rb) {
-        const int rl = static_cast<int>(warp_row0 - int64_t(granule) * kTile) + 16 * rb + g;
-        const int row_local[2] = {rl, rl + 8};
-        gate_tile<kPass>(sc[rb], rowsum[rb], tables, tables + kTile, row_term[rb], gap, row_add[rb], row_local, diag,
-                         tq);
         if constexpr (Cfg::kTensorCores) {
 #pragma unroll
           for (int kk = 0; kk < kTile / 16; ++kk) {
