@@ -3,7 +3,7 @@
 # and the benchmarks, and write every log under $OUT (default: ./gpu_out).
 #
 #   bash scripts/gpu_session.sh [stage ...]     stages: build ctest pytest check sanitize kbench bench
-#   (no stage = all, in that order; also: rbench — recurrent kernels; times, profile — ncu of the chunkwise kernels). Each stage
+#   (no stage = all, in that order; also: rbench — recurrent kernels; pbench — parallel kernel and its peers; times, profile — ncu of the chunkwise kernels). Each stage
 #   has its own time limit so one hang cannot eat the run.
 #   A first call after kernel changes: MLSTM_CTEST_REGEX=cuda bash scripts/gpu_session.sh build ctest kbench times
 # A copied tree may carry no .git or a stale one: pass the commit as MLSTM_COMMIT, e.g.
@@ -84,6 +84,9 @@ for stage in "${stages[@]}"; do
       ncu --import "$OUT/walk_fwd.ncu-rep" --page details > "$OUT/walk_fwd_details.txt" 2>&1
       ncu --import "$OUT/walk_fwd.ncu-rep" --page source --print-source sass --csv > "$OUT/walk_fwd_sass.csv" 2>&1
       gzip -f "$OUT/walk_fwd_sass.csv" ;;
+    pbench)  # the parallel kernel's C++ benchmark, then its peers (SDPA flash, plain torch) in the same run
+      [ -x "$BUILD_DIR/tests/cpp/test_cuda_parallel" ] && run_stage bench-parallel 240 "$BUILD_DIR/tests/cpp/test_cuda_parallel" --bench
+      run_stage pbench-peers 240 bash -c "cd benchmarks/gpu && python3 parallel_bench.py" ;;
     rbench)  # recurrent step (every B) and sequence kernels through the C ABI
       run_stage rbench 300 python3 benchmarks/gpu/recurrent_bench.py --out "$OUT" --commit "$COMMIT" ;;
     kbench)  # the core's own timings (C++, no framework in the way)
