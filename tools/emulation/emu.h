@@ -1,4 +1,5 @@
-// Host emulation of the CUDA features the chunkwise kernels use (development only; force-included).
+// Host emulation of the CUDA features the chunkwise and parallel-form kernels use (development only;
+// force-included; see README.md).
 #pragma once
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>

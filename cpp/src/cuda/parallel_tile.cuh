@@ -88,10 +88,15 @@ struct TileConfig {
   static constexpr int kStages = kTensorCores ? 4 : 2;
   // Full chunks run the scores product's 16-column steps without guards (warp_scores_mma). Not on
   // sm_80: there ptxas hoists the ldmatrix of every step and spills.
+  // Ring chunks whose rows and columns all exist are copied without per-copy bounds checks
+  // (load_tile_rows). Not on sm_80 either, nor in the grad q pass: the extra code path tips ptxas
+  // into spilling there.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
   static constexpr bool kUnguardedScores = false;
+  static constexpr bool kUncheckedRingLoads = false;
 #else
   static constexpr bool kUnguardedScores = true;
+  static constexpr bool kUncheckedRingLoads = true;
 #endif
   static constexpr int kMinBlocks = kTensorCores ? 2 : 1;
   static constexpr int kTableBytes = 2 * kTile * 4;  // column term and column addend
@@ -384,15 +389,29 @@ __global__ void __launch_bounds__(TileConfig<T>::kThreads, TileConfig<T>::kMinBl
     const int col = col0 + lu * L::kUnitElems;
     const int64_t row = row0 + lr;
     const T* src = base + row * stride_s + col;
+    const uint32_t dst = ring_lane + slot;
+    constexpr bool kUnchecked = Cfg::kUncheckedRingLoads && kPass != Pass::kGradQ;
+    if (kUnchecked && p.vec_ok && row0 + kTile <= p.S && col0 + kChunk <= D) {
+      // Every row and column of the chunk exists (all but the last granule and a partial last
+      // chunk): unconditional copies, the source advancing by one row step per copy, so the
+      // common case costs a 64-bit add per copy instead of a bounds check, a select and a 64-bit
+      // multiply.
+      const int64_t src_step = int64_t(kRowsPerPass) * stride_s;
+#pragma unroll
+      for (int j = 0; j < kTile / kRowsPerPass; ++j) {
+        cp_async_16(dst + j * kRowsPerPass * L::kRowBytes, src, true);
+        src += src_step;
+      }
+      return;
+    }
 #pragma unroll
     for (int j = 0; j < kTile / kRowsPerPass; ++j) {
       const bool valid = row + j * kRowsPerPass < p.S && col < D;
       const T* s = valid ? src + j * kRowsPerPass * stride_s : base;
-      const uint32_t dst = ring_lane + slot + j * kRowsPerPass * L::kRowBytes;
       if (p.vec_ok) {
-        cp_async_16(dst, s, valid);
+        cp_async_16(dst + j * kRowsPerPass * L::kRowBytes, s, valid);
       } else {
-        copy_16_sync<T>(dst, s, valid);
+        copy_16_sync<T>(dst + j * kRowsPerPass * L::kRowBytes, s, valid);
       }
     }
   };
@@ -404,12 +423,13 @@ __global__ void __launch_bounds__(TileConfig<T>::kThreads, TileConfig<T>::kMinBl
     if (issue_sub < n_x_chunks) {
       load_tile_rows(slot, yb, p.y.stride_s, col0, issue_sub * kChunk, Dx);
       constexpr int kTableUnits = kTile / 4;  // 16-byte units of one column table
-      if (issue_sub == n_x_chunks - 1 && tid < 2 * kTableUnits) {  // the tile's column terms and addends
+      // The tile's column terms and its addends (grad k) or factors (forward), by the first threads.
+      constexpr bool kSecondTable = kPass == Pass::kForward || kPass == Pass::kGradK;
+      if (issue_sub == n_x_chunks - 1 && tid < (kSecondTable ? 2 : 1) * kTableUnits) {
         const int a = tid / kTableUnits, u = tid % kTableUnits;
-        const float* src = a == 0 ? p.col_term : p.col_add != nullptr ? p.col_add : p.col_factor;
-        if (src != nullptr)
-          cp_async_16(smem_base + slot + kTile * L::kRowBytes + a * kTile * 4 + u * 16, src + bh * p.S_pad + col0 + u * 4,
-                      true);
+        const float* src = a == 0 ? p.col_term : kPass == Pass::kForward ? p.col_factor : p.col_add;
+        cp_async_16(smem_base + slot + kTile * L::kRowBytes + a * kTile * 4 + u * 16, src + bh * p.S_pad + col0 + u * 4,
+                    true);
       }
     } else {
       load_tile_rows(slot, zb, p.z.stride_s, col0, z0, Dz);
