@@ -535,7 +535,10 @@ __global__ void __launch_bounds__(TileConfig<T>::kThreads, TileConfig<T>::kMinBl
       } else {
 #pragma unroll
         for (int rb = 0; rb < RB; ++rb) {
-          if constexpr (kPass == Pass::kForward) {
+          // fp32 keeps one exponential per element: its outputs are held to plain fp32 accuracy,
+          // and with large input gates the denominator's cancellation amplifies the factored
+          // form's extra rounding past that (measured 3.9e-4 against 2.8e-4 allowed).
+          if constexpr (kPass == Pass::kForward && sizeof(T) == 2) {
             gate_tile_factored(sc[rb], rowsum[rb], tables + kTile, row_term[rb], row_gap, tq);
           } else {
             gate_tile<kPass, false>(sc[rb], rowsum[rb], tables, tables + kTile, row_term[rb], gap, row_add[rb], 0, tq);
