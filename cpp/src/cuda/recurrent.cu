@@ -204,19 +204,18 @@ struct SequenceConfig {
   recurrent::SequenceSmem smem;
 };
 
-// Overrides of the choice below, for timing the alternatives on a GPU without rebuilding: the
-// environment variable MLSTM_SEQUENCE_TUNE holds any of "rt=16|32 trw=1..16 w=<slab width>
-// chunk=1|2|4|8 stagger=0|1", e.g. MLSTM_SEQUENCE_TUNE="rt=16 w=64". A development hook, not an API:
-// settings that leave no tiling for the shape are dropped.
+// Overrides of the choice below, for timing the alternatives on a GPU: a timing build may define
+// MLSTM_SEQUENCE_TUNE as a string holding any of "rt=16|32 trw=1..16 w=<slab width> chunk=1|2|4|8
+// stagger=0|1", e.g. -DMLSTM_SEQUENCE_TUNE='"rt=16 w=64"'. Settings that leave no tiling for the shape
+// are dropped. The library reads no environment.
 struct SequenceTune {
   int rt = 0, trw = 0, w = 0, chunk = 0, stagger = -1;
 };
 
 SequenceTune sequence_tune() {
   SequenceTune t;
-  const char* env = std::getenv("MLSTM_SEQUENCE_TUNE");
-  if (env == nullptr) return t;
-  const std::string text(env);
+#ifdef MLSTM_SEQUENCE_TUNE
+  const std::string text(MLSTM_SEQUENCE_TUNE);
   auto value = [&](const char* key) {
     const size_t at = text.find(key);
     return at == std::string::npos ? -1 : std::atoi(text.c_str() + at + std::strlen(key));
@@ -224,6 +223,7 @@ SequenceTune sequence_tune() {
   t.rt = std::max(0, value("rt=")), t.trw = std::max(0, value("trw=")), t.w = std::max(0, value("w="));
   t.chunk = std::max(0, value("chunk="));
   t.stagger = value("stagger=");
+#endif
   return t;
 }
 
