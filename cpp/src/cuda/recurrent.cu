@@ -1,11 +1,15 @@
 // CUDA recurrent forms: the fused step (one launch per step, recurrent_step.cuh) and the fused
 // sequence (one launch for all S steps, recurrent_sequence.cuh). This file is the host adapter:
 // it picks the work split for the device, checks the alignment that vector accesses need, turns the
-// dtypes into template parameters (one dispatch point each) and launches on the caller's stream.
+// dtypes (step) or the tiling (sequence) into template parameters (one dispatch point each) and
+// launches on the caller's stream.
 // Nothing here synchronises or allocates, so both forms can be captured in CUDA graphs.
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
+#include <string>
 
 #include "common/backend.h"
 #include "cuda/common.cuh"
@@ -18,7 +22,6 @@ namespace {
 
 using recurrent::kStepThreads;
 using recurrent::SequenceParams;
-using recurrent::SequenceSmem;
 using recurrent::StepParams;
 
 struct DeviceInfo {
@@ -247,44 +250,123 @@ mlstm_status launch_step(const FwdParams& p, const DeviceInfo& dev, cudaStream_t
 
 // ---- sequence -------------------------------------------------------------------------------------------
 
-struct SequenceConfig {
-  int RT = 0, TR = 0, TC = 0, W = 0, nslab = 0, threads = 0, smem = 0;
+using SequenceKernel = void (*)(SequenceParams);
+
+// The tilings compiled, and the one dispatch point of the sequence kernel: (RT rows per thread, TRw
+// row groups per warp) -> instantiation (the input dtype is a runtime value of the kernel). RT = 32
+// serves DHQK = 128 .. 1024 (TRw = DHQK / 32 up to 16, then row groups across warps); RT = 16 covers
+// the smaller head dims and the 128-register variant of the larger ones.
+struct SequenceTiling {
+  int RT, TRw;
+  SequenceKernel kernel;
+};
+constexpr SequenceTiling kSequenceTilings[] = {
+    {32, 4, recurrent::recurrent_sequence_fwd_kernel<32, 4>},
+    {32, 8, recurrent::recurrent_sequence_fwd_kernel<32, 8>},
+    {32, 16, recurrent::recurrent_sequence_fwd_kernel<32, 16>},
+    {16, 1, recurrent::recurrent_sequence_fwd_kernel<16, 1>},
+    {16, 2, recurrent::recurrent_sequence_fwd_kernel<16, 2>},
+    {16, 4, recurrent::recurrent_sequence_fwd_kernel<16, 4>},
+    {16, 8, recurrent::recurrent_sequence_fwd_kernel<16, 8>},
+    {16, 16, recurrent::recurrent_sequence_fwd_kernel<16, 16>},
 };
 
-// The state slab of a block lives in registers: RT x 4 fp32 per thread, at most 256 (RT = 32) or 512
-// (RT = 16) threads. Among the slab widths W = 4 * TC that divide DHHV, pick the one with the least
-// work on the busiest SM (blocks are spread evenly; each costs DHQK x W per step), preferring wider
-// slabs (fewer duplicated loads of q, k and n) on ties.
-SequenceConfig choose_sequence_config(const FwdParams& p, const DeviceInfo& dev, int elem_bytes) {
+struct SequenceConfig {
+  SequenceKernel kernel = nullptr;
+  int RT = 0, TRw = 0, TRx = 0, TCx = 0, W = 0, nslab = 0, rows = 0, threads = 0, chunk = 0;
+  bool stagger = true;
+  recurrent::SequenceSmem smem;
+};
+
+// Overrides of the choice below, for timing the alternatives on a GPU: a timing build may define
+// MLSTM_SEQUENCE_TUNE as a string holding any of "rt=16|32 trw=1..16 w=<slab width> chunk=1|2|4|8
+// stagger=0|1", e.g. -DMLSTM_SEQUENCE_TUNE='"rt=16 w=64"'. Settings that leave no tiling for the shape
+// are dropped. The library reads no environment.
+struct SequenceTune {
+  int rt = 0, trw = 0, w = 0, chunk = 0, stagger = -1;
+};
+
+SequenceTune sequence_tune() {
+  SequenceTune t;
+#ifdef MLSTM_SEQUENCE_TUNE
+  const std::string text(MLSTM_SEQUENCE_TUNE);
+  auto value = [&](const char* key) {
+    const size_t at = text.find(key);
+    return at == std::string::npos ? -1 : std::atoi(text.c_str() + at + std::strlen(key));
+  };
+  t.rt = std::max(0, value("rt=")), t.trw = std::max(0, value("trw=")), t.w = std::max(0, value("w="));
+  t.chunk = std::max(0, value("chunk="));
+  t.stagger = value("stagger=");
+#endif
+  return t;
+}
+
+// The state slab of a block lives in registers as RT x 4 tiles (recurrent_sequence.cuh: a warp holds
+// TRw x TCw tiles, TRw * TCw = 32, the block TRx x TCx warps). Among the compiled tilings and the slab
+// widths W = 4 * TCw * TCx that divide DHHV, pick the one with the least estimated time on the busiest
+// SM. A block costs per step, in thread instructions,
+//   2 * rows * W            FMAs (rows = TRx * TRw * RT >= DHQK: padded rows cost as much as real ones)
+//   threads * (RT / 2 + 48) shared loads of q^ and a, h reduction, loop (per tile; from the SASS)
+//   12 * DHQK + 3 * W       conversion of q, k and the update of n^ (once per block), h output.
+// The blocks are spread evenly; an SM issues 4 warp instructions per cycle only with about two warps
+// per scheduler resident: one warp per scheduler is taken to reach 70% (the tile loop has plenty of
+// independent FMAs), fewer than 4 warps leave schedulers idle. Padded rows count once more at half
+// weight, and ties go to fewer cross-warp partials (smaller TRx). The step chunk is the largest (<= 8)
+// whose buffers fit shared memory.
+SequenceConfig choose_sequence_config(const FwdParams& p, const DeviceInfo& dev, int elem_bytes,
+                                      const SequenceTune& tune) {
   SequenceConfig best;
-  const int RT = p.DHQK % 32 == 0 ? 32 : 16;
-  const int TR = static_cast<int>(p.DHQK / RT);
-  const int max_threads = RT == 32 ? recurrent::sequence_max_threads<32>() : recurrent::sequence_max_threads<16>();
+  double best_cost = 0.0;
   const int64_t BH = p.B * p.NH;
-  int64_t best_cost = INT64_MAX;
-  for (int TC = 4; TC * TR <= max_threads; ++TC) {
-    const int W = 4 * TC;
-    if (p.DHHV % W != 0) continue;
-    const SequenceSmem L(static_cast<int>(p.DHQK), W, TR, RT, elem_bytes);
-    if (L.total > dev.smem_optin) continue;
-    const int64_t nslab = p.DHHV / W;
-    const int64_t per_sm = (BH * nslab + dev.sm_count - 1) / dev.sm_count;
-    const int64_t cost = per_sm * W;
-    if (cost < best_cost || (cost == best_cost && W > best.W)) {
-      best_cost = cost;
-      best.RT = RT, best.TR = TR, best.TC = TC, best.W = W, best.nslab = static_cast<int>(nslab);
-      best.threads = (TR * TC + 31) / 32 * 32;
-      best.smem = L.total;
+  const int DHQK = static_cast<int>(p.DHQK), DHHV = static_cast<int>(p.DHHV);
+  for (const SequenceTiling& tiling : kSequenceTilings) {
+    const int RT = tiling.RT, TRw = tiling.TRw;
+    if ((tune.rt != 0 && tune.rt != RT) || (tune.trw != 0 && tune.trw != TRw)) continue;
+    const int max_threads = RT == 32 ? recurrent::sequence_max_threads<32>() : recurrent::sequence_max_threads<16>();
+    const int regs = RT == 32 ? 256 : 128;  // what the launch bounds allow per thread
+    const int TR = (DHQK + RT - 1) / RT;
+    const int TCw = 32 / TRw, TRx = (TR + TRw - 1) / TRw, rows = TRx * TRw * RT;
+    for (int TCx = 1; 32 * TRx * TCx <= max_threads; ++TCx) {
+      const int W = 4 * TCw * TCx, threads = 32 * TRx * TCx;
+      if (W % 16 != 0 || DHHV % W != 0 || (tune.w != 0 && tune.w != W)) continue;
+      int chunk = 0;
+      recurrent::SequenceSmem L;
+      for (int ch = recurrent::kMaxChunk; ch >= 1 && chunk == 0; ch /= 2) {
+        if (tune.chunk != 0 && ch > tune.chunk) continue;
+        L = recurrent::sequence_smem(DHQK, W, RT, rows, TRx, threads / 32, ch, elem_bytes);
+        if (L.total <= dev.smem_optin) chunk = ch;
+      }
+      if (chunk == 0) continue;
+      const int64_t nslab = DHHV / W;
+      const int64_t per_sm = (BH * nslab + dev.sm_count - 1) / dev.sm_count;
+      const double per_block = 2.0 * rows * W + threads * (RT / 2 + 48.0) + 12.0 * DHQK + 3.0 * W;
+      const int64_t fit = std::min({int64_t(65536 / (regs * threads)), int64_t(2048 / threads),
+                                    int64_t((dev.smem_optin + 1024) / (L.total + 1024))});
+      const double warps = double(std::min(per_sm, std::max<int64_t>(fit, 1)) * (threads / 32));
+      const double rate = warps >= 8.0 ? 1.0 : warps >= 4.0 ? 0.7 + 0.075 * (warps - 4.0) : 0.175 * warps;
+      // Padded rows that only buy warps come out even in this count; lean against them on near ties.
+      const double cost = double(per_sm) * per_block / rate * (1.0 + 0.5 * (rows - DHQK) / rows);
+      if (best.kernel == nullptr || cost < best_cost || (cost == best_cost && TRx < best.TRx)) {
+        best_cost = cost;
+        best.kernel = tiling.kernel;
+        best.RT = RT, best.TRw = TRw, best.TRx = TRx, best.TCx = TCx, best.W = W;
+        best.nslab = static_cast<int>(nslab), best.rows = rows, best.threads = threads, best.chunk = chunk;
+        best.smem = L;
+      }
     }
   }
+  best.stagger = tune.stagger != 0;
   return best;
 }
 
-template <typename TQ>
 mlstm_status launch_sequence(const FwdParams& p, const DeviceInfo& dev, cudaStream_t stream) {
-  constexpr int64_t es = sizeof(TQ);
-  const SequenceConfig cfg = choose_sequence_config(p, dev, es);
-  if (cfg.W == 0)
+  if (p.q.dtype != MLSTM_FLOAT32 && p.q.dtype != MLSTM_FLOAT16 && p.q.dtype != MLSTM_BFLOAT16)
+    return fail(MLSTM_ERROR_UNSUPPORTED, "sequence (q, k, v, h): dtype code %d is not supported on CUDA",
+                int(p.q.dtype));
+  const int64_t es = dtype_size(p.q.dtype);
+  SequenceConfig cfg = choose_sequence_config(p, dev, static_cast<int>(es), sequence_tune());
+  if (cfg.kernel == nullptr) cfg = choose_sequence_config(p, dev, static_cast<int>(es), SequenceTune{});
+  if (cfg.kernel == nullptr)
     return fail(MLSTM_ERROR_UNSUPPORTED, "sequence: no work split fits DHQK=%lld, DHHV=%lld on this device",
                 (long long)p.DHQK, (long long)p.DHHV);
 
@@ -295,15 +377,24 @@ mlstm_status launch_sequence(const FwdParams& p, const DeviceInfo& dev, cudaStre
   const int v_align = common_alignment(16, p.v.data, {p.v.stride[0] * es, p.v.stride[1] * es, p.v.stride[2] * es,
                                                       cfg.W * es, p.DHQK * es});
   const int copy_bytes = std::max<int>(2, std::min({q_align, k_align, v_align}));
+  // h in 16-byte groups of columns when every row of every slab starts 16-byte aligned.
+  const bool h_vec = common_alignment(16, p.h.data, {p.h.stride[0] * es, p.h.stride[1] * es, p.h.stride[2] * es,
+                                                     cfg.W * es}) == 16;
 
   SequenceParams sp;
-  sp.NH = p.NH, sp.S = p.S, sp.DHQK = p.DHQK, sp.DHHV = p.DHHV;
-  sp.nslab = cfg.nslab, sp.W = cfg.W, sp.TR = cfg.TR, sp.TC = cfg.TC;
+  sp.NH = p.NH, sp.S = p.S, sp.DHQK = static_cast<int>(p.DHQK), sp.DHHV = static_cast<int>(p.DHHV);
+  sp.nslab = cfg.nslab, sp.W = cfg.W;
+  sp.TRx = cfg.TRx, sp.TCx = cfg.TCx;
+  sp.rows = cfg.rows, sp.chunk = cfg.chunk, sp.NCH = (p.S + cfg.chunk - 1) / cfg.chunk;
+  sp.dtype = p.q.dtype, sp.elem_bytes = static_cast<int>(es);
   sp.copy_bytes = copy_bytes;
+  sp.q_pieces = static_cast<int>(p.DHQK * es / copy_bytes), sp.v_pieces = static_cast<int>(cfg.W * es / copy_bytes);
   sp.has_initial = p.has_initial, sp.has_last = p.has_last;
+  sp.h_vec = h_vec, sp.stagger = cfg.stagger;
   sp.eps = p.eps, sp.qk_scale = p.qk_scale;
   sp.gate_dtype = p.i.dtype;
   sp.state_dtype = p.has_initial ? p.c_initial.dtype : p.has_last ? p.c_last.dtype : MLSTM_FLOAT32;
+  sp.L = cfg.smem;
   sp.q = p.q.data, sp.q_s0 = p.q.stride[0], sp.q_s1 = p.q.stride[1], sp.q_s2 = p.q.stride[2];
   sp.k = p.k.data, sp.k_s0 = p.k.stride[0], sp.k_s1 = p.k.stride[1], sp.k_s2 = p.k.stride[2];
   sp.v = p.v.data, sp.v_s0 = p.v.stride[0], sp.v_s1 = p.v.stride[1], sp.v_s2 = p.v.stride[2];
@@ -323,14 +414,14 @@ mlstm_status launch_sequence(const FwdParams& p, const DeviceInfo& dev, cudaStre
   }
   sp.h = p.h.data, sp.h_s0 = p.h.stride[0], sp.h_s1 = p.h.stride[1], sp.h_s2 = p.h.stride[2];
 
-  void (*kernel)(SequenceParams) = cfg.RT == 32 ? recurrent::recurrent_sequence_fwd_kernel<TQ, 32>
-                                                : recurrent::recurrent_sequence_fwd_kernel<TQ, 16>;
+  const SequenceKernel kernel = cfg.kernel;
   const int64_t blocks = p.B * p.NH * cfg.nslab;
   if (blocks > INT32_MAX)
     return fail(MLSTM_ERROR_UNSUPPORTED, "sequence: B * NH = %lld is too large", (long long)(p.B * p.NH));
-  if (cfg.smem > 48 * 1024)
-    MLSTM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, cfg.smem));
-  kernel<<<static_cast<unsigned>(blocks), cfg.threads, cfg.smem, stream>>>(sp);
+  const int smem = cfg.smem.total;
+  if (smem > 48 * 1024)
+    MLSTM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  kernel<<<static_cast<unsigned>(blocks), cfg.threads, smem, stream>>>(sp);
   MLSTM_CUDA_CHECK_LAUNCH("recurrent_sequence_fwd_kernel");
   return MLSTM_OK;
 }
@@ -346,9 +437,7 @@ mlstm_status recurrent_sequence_fwd(const FwdParams& p) {
   DeviceGuard guard(p.device_index);
   DeviceInfo dev;
   MLSTM_RETURN_IF_ERROR(device_info(p.device_index, &dev));
-  MLSTM_RECURRENT_DISPATCH(p.q.dtype, "sequence (q, k, v, h)", TQ,
-                           return launch_sequence<TQ>(p, dev, stream_of(p.stream));)
-  return MLSTM_OK;
+  return launch_sequence(p, dev, stream_of(p.stream));
 }
 
 mlstm_status step_fwd(const FwdParams& p) {
