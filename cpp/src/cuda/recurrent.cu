@@ -140,6 +140,14 @@ StepConfig choose_step_config(const FwdParams& p, const DeviceInfo& dev, int vec
     if (cost < best_cost) best_cost = cost, cfg.nslab = d;
     if (BH * d >= slots) break;
   }
+  // Benchmarking knob: MLSTM_STEP_SLABS=<d> forces d slabs per (b, h) where d is a valid count for the
+  // shape (divides the vectors of a row, >= 16 columns, within the in-place cap); otherwise ignored.
+  static const int forced_slabs = [] {
+    const char* e = std::getenv("MLSTM_STEP_SLABS");
+    return e != nullptr ? std::atoi(e) : 0;
+  }();
+  if (forced_slabs > 0 && forced_slabs <= cap && vectors % forced_slabs == 0 && p.DHHV / forced_slabs >= 16)
+    cfg.nslab = forced_slabs;
   cfg.slab_width = static_cast<int>(p.DHHV / cfg.nslab);
   const int slab_vectors = cfg.slab_width / vec;
   cfg.tile_threads = 32;

@@ -76,28 +76,7 @@ __device__ __forceinline__ __nv_bfloat16 half_from_bits<__nv_bfloat16>(unsigned 
 __device__ __forceinline__ unsigned short half_bits(__half x) { return __half_as_ushort(x); }
 __device__ __forceinline__ unsigned short half_bits(__nv_bfloat16 x) { return __bfloat16_as_ushort(x); }
 
-// ---- 16-byte vectors of state elements (VEC = 16 / sizeof(T)), or single elements (VEC = 1) -----
-
-template <typename T, int VEC>
-__device__ __forceinline__ void load_vec(const T* p, float (&x)[VEC]) {
-  if constexpr (VEC * sizeof(T) == 16) {
-    const uint4 raw = *reinterpret_cast<const uint4*>(p);
-    if constexpr (sizeof(T) == 4) {
-      x[0] = __uint_as_float(raw.x), x[1] = __uint_as_float(raw.y);
-      x[2] = __uint_as_float(raw.z), x[3] = __uint_as_float(raw.w);
-    } else {
-      const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        x[2 * j] = to_float(half_from_bits<T>(static_cast<unsigned short>(w[j] & 0xffffu)));
-        x[2 * j + 1] = to_float(half_from_bits<T>(static_cast<unsigned short>(w[j] >> 16)));
-      }
-    }
-  } else {
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) x[j] = to_float(p[j]);
-  }
-}
+// ---- stores of 16-byte vectors of state elements (VEC = 16 / sizeof(T)), or single elements (VEC = 1)
 
 template <typename T, int VEC>
 __device__ __forceinline__ void store_vec(T* p, const float (&x)[VEC]) {
@@ -171,6 +150,22 @@ __device__ __forceinline__ void cluster_arrive_release() {
 __device__ __forceinline__ void cluster_wait_acquire() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("barrier.cluster.wait.acquire;\n" ::: "memory");
+#endif
+}
+
+// ---- programmatic dependent launch (sm_90+; no-ops before) --------------------------------------------
+
+// Waits until the grid before this one in the stream has finished (its memory is visible).
+__device__ __forceinline__ void grid_dependency_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
+// Lets the next grid in the stream start launching (it still waits for this one before its accesses).
+__device__ __forceinline__ void grid_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
 }
 

@@ -107,18 +107,6 @@ __device__ __forceinline__ void unpack_word(const StateWord<TS, VEC>& w, float (
   }
 }
 
-__device__ __forceinline__ void grid_dependency_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ void grid_launch_dependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
-
 // TS: state dtype, TQ: dtype of q, k, v, h; VEC: state elements per access (16 bytes, or 1 when the
 // state's strides or pointers are not 16-byte aligned); NV: vectors per thread in a row of a tile.
 template <typename TS, typename TQ, int VEC, int NV>
