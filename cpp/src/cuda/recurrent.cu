@@ -115,17 +115,18 @@ struct StepConfig {
   bool programmatic_launch = false;
 };
 
-// Slabs per (b, h): the count whose busiest SM streams the fewest columns, with the blocks spread
-// evenly, kStepBlocksPerSm at a time per SM; on ties the fewest slabs (wider rows per warp, fewer
-// prologues). Counts past the first that gives every SM its kStepBlocksPerSm blocks are not tried:
-// once the GPU is full, every block has enough bytes in flight and the blocks share DRAM evenly, so
-// smaller blocks would only add prologues. Each slab is at least 16 columns and a whole number of
-// vectors. In place, the slabs of a (b, h) form one cluster; clusters wider than 2 cost bandwidth, so
-// they are used only where there are too few (b, h) to fill the GPU otherwise (at most 8 blocks, the
-// portable limit), and before sm_90 there is a single slab (benchmarks/results/recurrent_h100.md).
+// Slabs per (b, h): first the count whose busiest SM streams the fewest columns, with the blocks
+// spread evenly, kStepBlocksPerSm at a time per SM (on ties the fewest slabs); this fills the GPU at
+// small batches. Then, out of place, more slabs until each holds at most 64 KiB of state: with one
+// large slab per SM the step lasts as long as the slowest SM's slab (ncu, H200, B=16: SMs active 87 %
+// of the kernel), while many small blocks are handed out as SMs free up. Each slab is at least 16
+// columns and a whole number of vectors. In place, the slabs of a (b, h) form one cluster (n and m
+// are read by all and written by one); clusters wider than 2 cost bandwidth, so they are used only
+// where there are too few (b, h) to fill the GPU otherwise (at most 8 blocks, the portable limit),
+// and before sm_90 there is a single slab (benchmarks/results/recurrent_h100.md).
 // Tile: the most threads along a row (up to a warp: 512 contiguous bytes per load instruction), then
 // the most vectors per thread (up to 16 state elements) that divide the slab.
-StepConfig choose_step_config(const FwdParams& p, const DeviceInfo& dev, int vec, bool nm_in_place) {
+StepConfig choose_step_config(const FwdParams& p, const DeviceInfo& dev, int vec, int64_t es, bool nm_in_place) {
   StepConfig cfg;
   cfg.vec = vec;
   const int64_t BH = p.B * p.NH;
@@ -139,6 +140,13 @@ StepConfig choose_step_config(const FwdParams& p, const DeviceInfo& dev, int vec
     const int64_t cost = (BH * d + slots - 1) / slots * (p.DHHV / d);
     if (cost < best_cost) best_cost = cost, cfg.nslab = d;
     if (BH * d >= slots) break;
+  }
+  if (!nm_in_place) {
+    for (int d = cfg.nslab; d <= cap; ++d) {
+      if (vectors % d != 0 || p.DHHV / d < 16) continue;
+      cfg.nslab = d;
+      if (p.DHQK * (p.DHHV / d) * es <= (int64_t(64) << 10)) break;
+    }
   }
   // Benchmarking knob: MLSTM_STEP_SLABS=<d> forces d slabs per (b, h) where d is a valid count for the
   // shape (divides the vectors of a row, >= 16 columns, within the in-place cap); otherwise ignored.
@@ -197,7 +205,7 @@ mlstm_status launch_step(const FwdParams& p, const DeviceInfo& dev, cudaStream_t
   if (p.has_initial)
     vec_ok = vec_ok && common_alignment(16, p.c_initial.data, {p.c_initial.stride[0] * es, p.c_initial.stride[1] * es,
                                                                p.c_initial.stride[2] * es}) == 16;
-  const StepConfig cfg = choose_step_config(p, dev, vec_ok ? kVec : 1, nm_in_place);
+  const StepConfig cfg = choose_step_config(p, dev, vec_ok ? kVec : 1, es, nm_in_place);
 
   StepParams sp;
   sp.NH = p.NH, sp.DHQK = p.DHQK, sp.DHHV = p.DHHV;

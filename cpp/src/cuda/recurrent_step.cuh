@@ -11,19 +11,20 @@
 //
 // Work mapping. Block x of (b, h) owns a column slab of C, [x * W, (x + 1) * W) with W = DHHV / nslab,
 // for all DHQK rows, so h of those columns is complete inside the block (nslab is chosen on the host:
-// 1 once there are about as many (b, h) as SMs; more for small batches, to fill the GPU). The slab is
+// enough to fill the GPU at small batches, and slabs of at most ~64 KiB of state otherwise, so that
+// the hardware's block scheduler balances the work across SMs). The slab is
 // walked in tiles of TPR x NV 16-byte vectors per row (usually one tile is the whole slab): TPR threads
 // share a row, each owning NV vectors TPR vectors apart, so one load instruction of a warp with TPR = 32
 // reads 512 contiguous bytes, and its NV loads of a row read 512 B to 2 KiB of it. Thread t handles
 // rows t / TPR + j * (256 / TPR): the 8 warps walk down neighbouring rows together, so a block reads its
 // slab nearly in address order, as a copy does (not 256 B of every row, then the next 256 B).
 //
-// Latency. Each thread keeps kStepLoads 16-byte loads of C in flight in a ring of row items: item k is
+// Latency. Each thread keeps step_loads(NV * VEC) 16-byte loads of C in flight in a ring of row items: item k is
 // updated, stored, and its slot refilled with item k + depth. The ring runs on across tiles and never
 // drains: there is no barrier inside the walk, and the partial sums of C_t^T q^ go to shared memory
 // (per warp, after a shuffle sum over the rows inside the warp) once per tile and are added up once at
-// the end. In flight: 256 threads x 16 x 16 B = 64 KiB per block, against about 24 KiB per SM that
-// DRAM asks for (3 TB/s x ~1 us / 132 SMs).
+// the end. In flight: 256 threads x 8 or 16 x 16 B = 32 or 64 KiB per block, two or three blocks per
+// SM, against about 24 KiB per SM that DRAM asks for (3 TB/s x ~1 us / 132 SMs).
 //
 // Every block recomputes the scalars, n_t and n_t . q^ for its (b, h) (DHQK elements: negligible
 // next to its slab of C), and the block of slab 0 writes n_t and m_t.
@@ -47,7 +48,14 @@ namespace mlstm::cuda::recurrent {
 
 constexpr int kStepThreads = 256;
 constexpr int kStepWarps = kStepThreads / 32;
-constexpr int kStepLoads = 16;  // 16-byte loads of C in flight per thread
+// 16-byte loads of C in flight per thread, and the blocks per SM the kernel's registers are sized for,
+// by state elements per row item (NV x VEC). Wide items (16 elements: a 2-KiB fp32 row or a 1-KiB
+// 16-bit row per warp) keep 16 loads in flight at two blocks per SM (128 registers); narrow items keep
+// 8 at three blocks per SM (at most 80 registers, no spills), where more, smaller blocks balance better
+// (H200, 2026-11-26: at B = 32 and 128, 8 slabs of 64 columns at three blocks per SM took 70.8 and
+// 264.0 us against 75.0 and 275.4 for one slab at two).
+__host__ __device__ constexpr int step_loads(int item_elems) { return item_elems >= 16 ? 16 : 8; }
+__host__ __device__ constexpr int step_min_blocks(int item_elems) { return item_elems >= 16 ? 2 : 3; }
 
 struct StepParams {
   int64_t NH = 0, DHQK = 0, DHHV = 0;
@@ -110,10 +118,10 @@ __device__ __forceinline__ void unpack_word(const StateWord<TS, VEC>& w, float (
 // TS: state dtype, TQ: dtype of q, k, v, h; VEC: state elements per access (16 bytes, or 1 when the
 // state's strides or pointers are not 16-byte aligned); NV: vectors per thread in a row of a tile.
 template <typename TS, typename TQ, int VEC, int NV>
-__global__ void __launch_bounds__(kStepThreads, 2) recurrent_step_fwd_kernel(const StepParams p) {
+__global__ void __launch_bounds__(kStepThreads, step_min_blocks(NV * VEC)) recurrent_step_fwd_kernel(const StepParams p) {
   static_assert(VEC == 1 || VEC * sizeof(TS) == 16, "a vector is 16 bytes or one element");
   using Word = StateWord<TS, VEC>;
-  constexpr int kDepth = kStepLoads / NV;                     // row items in flight per thread
+  constexpr int kDepth = step_loads(NV * VEC) / NV;           // row items in flight per thread
   constexpr int kRowsPerThread = kMaxHeadDim / kStepThreads;  // of q, k, n (and columns of v) in the prologue
   extern __shared__ float step_smem[];
   float* h_red = step_smem;                            // (kStepWarps, slab_width) partial C_t^T q^
