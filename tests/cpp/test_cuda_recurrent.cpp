@@ -351,7 +351,9 @@ int main(int argc, char** argv) {
     steps = {{{2, 2, 2, 64, 128, f32, f32, f32, true, true, false, plain}, true},
              {{1, 8, 2, 256, 512, bf16, bf16, f32, true, true, false, plain}, true},
              {{3, 5, 2, 48, 80, f16, f32, f16, true, true, true, plain}, true},
-             {{2, 3, 2, 48, 80, bf16, bf16, bf16, false, true, false, plain}, false}};
+             {{2, 3, 2, 48, 80, bf16, bf16, bf16, false, true, false, plain}, false},
+             // Out of place at 256 x 512: narrow slabs (at most 64 KiB of state per block).
+             {{4, 8, 2, 256, 512, bf16, bf16, f32, true, true, false, plain}, false}};
   } else {
     seq = {
         {3, 5, 1, 48, 80, f32, f32, f32, true, true, false, plain},
@@ -390,6 +392,11 @@ int main(int argc, char** argv) {
         // B * NH = 132 (one per SM of an H100): one slab per (b, h), walked as two tiles of 512 columns.
         {{33, 4, 2, 16, 1024, bf16, bf16, f32, true, true, false, plain}, false},
         {{33, 4, 2, 16, 1024, f16, f32, bf16, true, true, false, long_memory}, true},
+        // Out of place at 256 x 512: slabs narrowed to at most 64 KiB of state (8 per (b, h) for fp32
+        // states, 4 for bf16), whatever the batch.
+        {{4, 8, 3, 256, 512, bf16, bf16, f32, true, true, false, wild_input}, false},
+        {{16, 8, 2, 256, 512, bf16, bf16, bf16, true, true, false, plain}, false},
+        {{17, 8, 2, 256, 512, f32, f32, f32, true, true, true, plain}, false},
     };
   }
   for (const SeqCase& c : seq) run_sequence_case(rng, c);
