@@ -20,7 +20,7 @@ g++ -shared -o "$BUILD/libmlstm.so" -Wl,--whole-archive "$BUILD/cpp/libmlstm_cor
 for d in $slabs; do
   echo "== slabs $d"
   MLSTM_STEP_SLABS=$d timeout 200 python3 benchmarks/gpu/recurrent_bench.py --lib "$BUILD/libmlstm.so" \
-      --batches "$batches" --step-only > "$OUT/step-slabs$d.log" 2>&1
+      --batches "$batches" --step-only --commit "${MLSTM_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null)}" > "$OUT/step-slabs$d.log" 2>&1
   echo "rc=$?"
   grep -E '^\||copy band' "$OUT/step-slabs$d.log"
 done
