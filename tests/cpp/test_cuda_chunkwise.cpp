@@ -588,6 +588,14 @@ std::vector<Case> all_cases() {
     c.policy = policy;
     cs.push_back(c);
   }
+  // The 16-warp layouts segmented (nine chunks, two segments) at a size the host emulation runs in
+  // minutes: 128 / 2 x 128 both ways, and the dq/dk walks in four parts (64 / 4 x 128).
+  Case seg_a{1, 1, 520, 256, 256, MLSTM_BFLOAT16};
+  seg_a.initial = seg_a.last = seg_a.dlast = true;
+  cs.push_back(seg_a);
+  Case seg_b{1, 1, 520, 64, 512, MLSTM_BFLOAT16};
+  seg_b.initial = seg_b.last = seg_b.dlast = true;
+  cs.push_back(seg_b);
   return cs;
 }
 
