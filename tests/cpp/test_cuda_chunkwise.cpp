@@ -773,7 +773,7 @@ int bench() {
   }
   // The walk layouts against each other (chunkwise_set_walk_policy; "auto" above is the library's).
   std::printf("\n| walks | config | S | B | fwd ms | fwd+bwd ms |\n|---|---|---|---|---|---|\n");
-  for (int j = 0; j < 2; ++j) {
+  for (int j = 0; j < 3; ++j) {  // config A and B at S = 8192, config A at S = 512
     const Shape& s = shapes[j];
     for (Policy policy : kBenchPolicies) {
       const PolicyScope scope(policy);
