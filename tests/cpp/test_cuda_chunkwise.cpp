@@ -11,7 +11,7 @@
 //                                  walk layout policy instead of the library's choice)
 //   test_cuda_chunkwise --bench    timings (CUDA events, median of 30 after warm-up) of the SPEC §7
 //                                  shapes, after a correctness check at a reduced size; then config A
-//                                  and B under each walk layout policy (old against new in one run)
+//                                  and B under each walk layout policy (the hybrid against the others)
 //   test_cuda_chunkwise --profile [A|B] [policy]   one shape, untimed, for a profiler
 #include <algorithm>
 #include <chrono>
@@ -502,15 +502,33 @@ std::vector<Case> small_cases() {
   f.initial = f.last = f.dlast = true;
   f.policy = Policy::kBlocks2;
   cs.push_back(f);
-  // The 16-warp layouts (two chunks each; the full set has them at config-A head dims, segmented):
-  // contraction 256 both ways in two parts (128 / 2 x 128), and the dq/dk walks over 512 columns in
-  // four parts (64 / 4 x 128).
+  // The 16-warp layouts for every walk (two chunks each; the full set has them segmented): contraction
+  // 256 both ways in two parts (128 / 2 x 128), and the dq/dk walks over 512 columns in four parts
+  // (64 / 4 x 128).
   Case e{1, 1, 70, 256, 256, MLSTM_BFLOAT16};
   e.initial = e.last = e.dlast = true;
+  e.policy = Policy::kWarps16;
   cs.push_back(e);
   Case g{1, 1, 70, 64, 512, MLSTM_BFLOAT16};
   g.initial = g.last = g.dlast = true;
+  g.policy = Policy::kWarps16;
   cs.push_back(g);
+  // The library's hybrid at config-A and config-B head dims, segmented (eight chunks, two segments):
+  // the forward and dv walks in 128 / 2 x 128 (A) and 128 / 1 x 128 (B), the dq and dk walks on their
+  // own kernel in 64 / 2 x 256 (A) and 128 / 1 x 256 (B).
+  Case hyb_a{1, 1, 450, 256, 512, MLSTM_BFLOAT16};
+  hyb_a.initial = hyb_a.last = hyb_a.dlast = true;
+  cs.push_back(hyb_a);
+  Case hyb_b{1, 1, 450, 128, 256, MLSTM_FLOAT16};
+  hyb_b.initial = hyb_b.last = hyb_b.dlast = true;
+  cs.push_back(hyb_b);
+  // The dq and dk walks' own kernel in its narrower layouts: 128 / 1 x 128 and 128 / 1 x 64.
+  Case v128{1, 1, 70, 128, 128, MLSTM_BFLOAT16};
+  v128.initial = v128.last = v128.dlast = true;
+  cs.push_back(v128);
+  Case v64{1, 1, 70, 128, 64, MLSTM_FLOAT16};
+  v64.initial = v64.last = v64.dlast = true;
+  cs.push_back(v64);
   return cs;
 }
 
@@ -588,14 +606,20 @@ std::vector<Case> all_cases() {
     c.policy = policy;
     cs.push_back(c);
   }
-  // The 16-warp layouts segmented (nine chunks, two segments) at a size the host emulation runs in
-  // minutes: 128 / 2 x 128 both ways, and the dq/dk walks in four parts (64 / 4 x 128).
+  // The 16-warp layouts for every walk, segmented (nine chunks, two segments) at a size the host
+  // emulation runs in minutes: 128 / 2 x 128 both ways, and the dq/dk walks in four parts (64 / 4 x 128).
   Case seg_a{1, 1, 520, 256, 256, MLSTM_BFLOAT16};
   seg_a.initial = seg_a.last = seg_a.dlast = true;
+  seg_a.policy = Policy::kWarps16;
   cs.push_back(seg_a);
   Case seg_b{1, 1, 520, 64, 512, MLSTM_BFLOAT16};
   seg_b.initial = seg_b.last = seg_b.dlast = true;
+  seg_b.policy = Policy::kWarps16;
   cs.push_back(seg_b);
+  // The target head dims with 16 warps for every walk (64 / 4 x 128 for the dq and dk walks).
+  Case big16 = big;
+  big16.policy = Policy::kWarps16;
+  cs.push_back(big16);
   return cs;
 }
 
@@ -728,8 +752,8 @@ BenchResult bench_shape(BenchBuffers& buf, int64_t B, int64_t NH, int64_t S, int
   return res;
 }
 
-// The walk layout policies the benchmark compares (the old layout first).
-const Policy kBenchPolicies[] = {Policy::kWide, Policy::kWarps16, Policy::kBlocks2};
+// The walk layout policies the benchmark compares (the library's hybrid first).
+const Policy kBenchPolicies[] = {Policy::kAuto, Policy::kWide, Policy::kWarps16, Policy::kBlocks2};
 
 int bench() {
   // Correctness gate at reduced sizes of both configurations, under every compared policy, before any
@@ -771,7 +795,7 @@ int bench() {
                 r.ws_fwd / 1e6, r.ws_bwd / 1e6);
     std::fflush(stdout);
   }
-  // The walk layouts against each other (chunkwise_set_walk_policy; "auto" above is the library's).
+  // The walk layouts against each other (chunkwise_set_walk_policy; "auto" is the library's hybrid).
   std::printf("\n| walks | config | S | B | fwd ms | fwd+bwd ms |\n|---|---|---|---|---|---|\n");
   for (int j = 0; j < 3; ++j) {  // config A and B at S = 8192, config A at S = 512
     const Shape& s = shapes[j];

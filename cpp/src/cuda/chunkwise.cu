@@ -78,24 +78,44 @@ struct WalkSplit {
 
 std::atomic<int> walk_policy{int(ChunkwiseWalkPolicy::kAuto)};
 
-// The register walk (chunkwise_walk_reg.cuh) for 16-bit inputs when a layout fits the shape. The walks
-// over DHQK (qk: kFwd, kDv) and over DHHV (kDq, kDk) have their own layouts (the latter carry the state
-// as hi + lo parts and an extra row). Layouts (value slice / parts x columns per part), by contraction DA:
+// The register walk for 16-bit inputs when a layout fits the shape. The walks over DHQK (qk: kFwd, kDv)
+// and over DHHV (v: kDq, kDk) have their own layouts (the latter carry the state as hi + lo parts and an
+// extra row). Layouts of chunkwise_walk_reg.cuh (value slice / parts x columns per part), by contraction DA:
 //   DA <= 128:  128 / 1 x 64 or 128, 8 warps (the state already in at most 64 registers);
 //   DA <= 256:  kWide: 128 / 1 x 256, one 8-warp block per SM (state in 128 registers);
 //               kWarps16: 128 / 2 x 128, one 16-warp block per SM (state in 64 registers);
 //               kBlocks2: qk walks 64 / 2 x 128, two 8-warp blocks per SM;
 //   DA <= 512:  64 / 2 x 256, 8 warps; but for 256 < DA the v walks under kWarps16 and kBlocks2 take
 //               64 / 4 x 128, 16 warps (for smaller DA most of its parts would walk zero columns).
-// kAuto is kWarps16: twice the warps per SM of kWide for the latency-bound walks.
+// kAuto is a hybrid, each walk direction on what measured fastest for it: the qk walks as under
+// kWarps16; the v walks on their own kernel (chunkwise_walk_reg_v.cuh: 8 warps of up to 255 registers,
+// every part over all 64 tokens of a chunk, partial outputs added through shared memory) in 128 / 1 x 64,
+// 128 or 256 for DA <= 64, 128, 256 and 64 / 2 x 256 for DA <= 512. That kernel is the register walk
+// from before the kWide and kWarps16 layouts, kept for its v walks. ncu ms per walk, it in every walk
+// against the layouts (H200, 2026-11-26; config A: B 8, NH 8, S 8192, DHQK 256, DHHV 512, bf16):
+//                    fwd    dv     dq     dk
+//   8-warp kernel    3.96   3.41   5.92   5.88
+//   kWide            3.90   3.42   8.04   7.92
+//   kWarps16         3.82   3.45   9.83   9.84
+// End to end, the 8-warp kernel in every walk against kWarps16: forward 3.24 / 3.07 ms at config A and
+// 5.62 / 3.16 ms at config A with S 512, B 128; forward + backward 16.20 / 22.39 ms at config A.
 bool pick_reg_split(mlstm_dtype dtype, int DA, int DB, bool qk, int smem_limit, WalkSplit* split) {
   auto policy = static_cast<ChunkwiseWalkPolicy>(walk_policy.load());
-  if (policy == ChunkwiseWalkPolicy::kAuto) policy = ChunkwiseWalkPolicy::kWarps16;
   if (policy == ChunkwiseWalkPolicy::kSharedMemory) return false;
   if (dtype != MLSTM_FLOAT16 && dtype != MLSTM_BFLOAT16) return false;
+  const bool v_kernel = policy == ChunkwiseWalkPolicy::kAuto && !qk;
+  if (policy == ChunkwiseWalkPolicy::kAuto) policy = ChunkwiseWalkPolicy::kWarps16;
   const bool wide = policy == ChunkwiseWalkPolicy::kWide;
-  RegWalkShape r;  // {DB_s, kp, kw, step_cols, blocks_per_sm}
-  if (DA <= 128 && DB % 128 == 0) {
+  RegWalkShape r;  // {DB_s, kp, kw, step_cols, blocks_per_sm, v_kernel}
+  if (v_kernel) {
+    if (DA <= 256 && DB % 128 == 0) {
+      r = {128, 1, DA <= 64 ? 64 : DA <= 128 ? 128 : 256, kTK, 1, true};
+    } else if (DA <= 512 && DB % 64 == 0) {
+      r = {64, 2, 256, kTK, 1, true};
+    } else {
+      return false;
+    }
+  } else if (DA <= 128 && DB % 128 == 0) {
     r = {128, 1, DA <= 64 ? 64 : 128, 64, 1};
   } else if (DA <= 256 && DB % 128 == 0 && wide) {
     r = {128, 1, 256, 64, 1};

@@ -98,11 +98,14 @@ struct SegmentStates {
   float* g = nullptr;
 };
 
-// A register-walk layout (chunkwise_walk_reg.cuh): value slice DB_s (16 state rows per warp), kp
-// contraction parts of kw columns each, contraction steps of step_cols columns, and blocks_per_sm, the
-// number of blocks its registers and shared memory are sized to share an SM with. kw = 0: none.
+// A register-walk layout: value slice DB_s (16 state rows per warp), kp contraction parts of kw columns
+// each, contraction steps of step_cols columns, and blocks_per_sm, the number of blocks its registers
+// and shared memory are sized to share an SM with. kw = 0: none. v_kernel: a v walk (kDq, kDk) on the
+// v walks' own kernel (chunkwise_walk_reg_v.cuh: 64-column steps, one block per SM), else the kernel of
+// chunkwise_walk_reg.cuh.
 struct RegWalkShape {
   int DB_s = 0, kp = 1, kw = 0, step_cols = 64, blocks_per_sm = 1;
+  bool v_kernel = false;
 };
 
 struct WalkParams {

@@ -17,6 +17,11 @@ size_t reg_walk_smem_bytes(const RegWalkShape& s, WalkMode mode) {
   MLSTM_REG_WALK_SHAPES_QK(MLSTM_REG_WALK_BYTES_DV)
   MLSTM_REG_WALK_SHAPES_V(MLSTM_REG_WALK_BYTES_DQ)
   MLSTM_REG_WALK_SHAPES_V(MLSTM_REG_WALK_BYTES_DK)
+  // The v walks' own kernel: the same shared memory in both of its modes.
+#define MLSTM_REG_V_WALK_BYTES(DBs, KP, KW) \
+  if (!walks_qk(mode) && same_v_shape(s, DBs, KP, KW)) return VWalkSmem<__nv_bfloat16, DBs, KP, KW>().bytes;
+  MLSTM_REG_V_WALK_SHAPES(MLSTM_REG_V_WALK_BYTES)
+#undef MLSTM_REG_V_WALK_BYTES
 #undef MLSTM_REG_WALK_BYTES_FWD
 #undef MLSTM_REG_WALK_BYTES_DV
 #undef MLSTM_REG_WALK_BYTES_DQ

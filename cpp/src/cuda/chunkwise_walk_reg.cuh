@@ -1,5 +1,8 @@
 // The register walk: the chunkwise walk (chunkwise_kernels.cuh, same four modes and the same math)
-// with the state slice held in registers, in the mma.sync accumulator layout, for the whole walk.
+// with the state slice held in registers, in the mma.sync accumulator layout, for the whole walk. The
+// library runs the forward and dv walks on it and the dq and dk walks on chunkwise_walk_reg_v.cuh's
+// kernel, which is faster for them; the other layout policies run all four here (chunkwise.cu,
+// pick_reg_split).
 //
 // Work mapping. Grid (value slices, B*NH, segments): a block walks every chunk of its segment for one
 // (b, h) and one slice of DBs value rows. It has kRG * KP warps (8 or 16), kRG = DBs / 16:
@@ -149,14 +152,6 @@ struct Lane {
   }
 };
 
-// Sum over lanes that differ only in the bits of g (lane / 4): the 8 rows of an accumulator tile.
-__device__ __forceinline__ float row_group_sum(float v) {
-  v += __shfl_xor_sync(0xffffffffu, v, 4);
-  v += __shfl_xor_sync(0xffffffffu, v, 8);
-  v += __shfl_xor_sync(0xffffffffu, v, 16);
-  return v;
-}
-
 // One kernel per walk mode (the mode decides which buffers and products exist, and a runtime mode would
 // leave every mode's code, and its registers, in each kernel).
 template <typename Elem, int DBs, int KP, int KW, int kStepCols, int kBlocks, WalkMode kMode>
@@ -291,22 +286,6 @@ __global__ void __launch_bounds__(RegGeom<DBs, KP, KW, kStepCols, kBlocks>::kThr
   }
   auto m_initial = [&] { return p.m_in.data != nullptr ? double(*p.m_in.row<float>(blk->b, blk->h, 0)) : 0.0; };
 
-  // The old state's operand fragment (A of m16n8k16) of n-tiles n0, n0 + 1, packed to the element type,
-  // and for the split state the rounding remainder as a second fragment (hi + lo: fp32 accuracy).
-  auto pack_fragment = [&](int n0, uint32_t(&af)[4], uint32_t(&al)[4]) {
-    af[0] = pack2<Elem>(st[n0][0], st[n0][1]);
-    af[1] = pack2<Elem>(st[n0][2], st[n0][3]);
-    af[2] = pack2<Elem>(st[n0 + 1][0], st[n0 + 1][1]);
-    af[3] = pack2<Elem>(st[n0 + 1][2], st[n0 + 1][3]);
-    if constexpr (split_state) {
-      const float2 h0 = unpack2<Elem>(af[0]), h1 = unpack2<Elem>(af[1]);
-      const float2 h2 = unpack2<Elem>(af[2]), h3 = unpack2<Elem>(af[3]);
-      al[0] = pack2<Elem>(st[n0][0] - h0.x, st[n0][1] - h0.y);
-      al[1] = pack2<Elem>(st[n0][2] - h1.x, st[n0][3] - h1.y);
-      al[2] = pack2<Elem>(st[n0 + 1][0] - h2.x, st[n0 + 1][1] - h2.y);
-      al[3] = pack2<Elem>(st[n0 + 1][2] - h3.x, st[n0 + 1][3] - h3.y);
-    }
-  };
   // With parts (KP > 1) each part finishes its own tokens over the whole contraction, so every warp
   // publishes its old state, a step's columns at a time, as operand fragments: pst[step parity][part]
   // [row group][16-column block of the step][hi, lo][lane], one uint4 per lane (conflict-free).
@@ -317,7 +296,7 @@ __global__ void __launch_bounds__(RegGeom<DBs, KP, KW, kStepCols, kBlocks>::kThr
 #pragma unroll
     for (int ks = 0; ks < G::kStepKB; ++ks) {
       uint32_t af[4], al[4];
-      pack_fragment(jj * G::kStepNT + 2 * ks, af, al);
+      accumulator_fragment<Elem, split_state>(st, jj * G::kStepNT + 2 * ks, af, al);
       p_at(jj & 1, ln.kp, ln.rg, ks, 0)[ln.lane] = make_uint4(af[0], af[1], af[2], af[3]);
       if constexpr (split_state) p_at(jj & 1, ln.kp, ln.rg, ks, 1)[ln.lane] = make_uint4(al[0], al[1], al[2], al[3]);
     }
@@ -433,7 +412,7 @@ __global__ void __launch_bounds__(RegGeom<DBs, KP, KW, kStepCols, kBlocks>::kThr
 #pragma unroll
           for (int ks = 0; ks < G::kStepKB; ++ks) {
             uint32_t af[4], al[4];
-            pack_fragment(jj * G::kStepNT + 2 * ks, af, al);
+            accumulator_fragment<Elem, split_state>(st, jj * G::kStepNT + 2 * ks, af, al);
 #pragma unroll
             for (int np = 0; np < 4; ++np) {
               uint32_t bf[4];
