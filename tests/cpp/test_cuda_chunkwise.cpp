@@ -6,9 +6,13 @@
 // split in two calls (state passing, forward and backward) equals one call, and repeated runs give
 // bit-identical results.
 //
-//   test_cuda_chunkwise            all cases (MLSTM_TEST_SMALL=1: two small ones, for the sanitizers)
+//   test_cuda_chunkwise            all cases (MLSTM_TEST_SMALL=1: a few small ones, for the sanitizers;
+//                                  MLSTM_TEST_POLICY=wide|warps16|blocks2|smem: every case with that
+//                                  walk layout policy instead of the library's choice)
 //   test_cuda_chunkwise --bench    timings (CUDA events, median of 30 after warm-up) of the SPEC §7
-//                                  shapes, after a correctness check at a reduced size
+//                                  shapes, after a correctness check at a reduced size; then config A
+//                                  and B under each walk layout policy (the hybrid against the others)
+//   test_cuda_chunkwise --profile [A|B] [policy]   one shape, untimed, for a profiler
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -25,6 +29,8 @@
 
 #ifdef MLSTM_WITH_CUDA
 #include <cuda_runtime.h>
+
+#include "cuda/forms.h"  // chunkwise_set_walk_policy: the layout choice, for comparing layouts
 
 namespace {
 
@@ -92,6 +98,35 @@ struct Case {
   int32_t L = 64;
   int32_t algorithm = MLSTM_CHUNKWISE_LIMIT;
   bool padded = false;
+  mlstm::cuda::ChunkwiseWalkPolicy policy = mlstm::cuda::ChunkwiseWalkPolicy::kAuto;
+};
+
+using Policy = mlstm::cuda::ChunkwiseWalkPolicy;
+
+const char* policy_name(Policy p) {
+  switch (p) {
+    case Policy::kWide: return "wide";
+    case Policy::kWarps16: return "warps16";
+    case Policy::kBlocks2: return "blocks2";
+    case Policy::kSharedMemory: return "smem";
+    default: return "auto";
+  }
+}
+
+// The policy every case runs with unless it names one (MLSTM_TEST_POLICY, default: the library's).
+Policy default_policy() {
+  const char* e = std::getenv("MLSTM_TEST_POLICY");
+  if (e == nullptr) return Policy::kAuto;
+  for (Policy p : {Policy::kWide, Policy::kWarps16, Policy::kBlocks2, Policy::kSharedMemory})
+    if (std::strcmp(e, policy_name(p)) == 0) return p;
+  std::printf("unknown MLSTM_TEST_POLICY=%s (wide, warps16, blocks2, smem)\n", e);
+  std::exit(2);
+}
+
+// Sets the walk layout policy for a scope (the library keeps it process-wide).
+struct PolicyScope {
+  explicit PolicyScope(Policy p) { mlstm::cuda::chunkwise_set_walk_policy(p == Policy::kAuto ? default_policy() : p); }
+  ~PolicyScope() { mlstm::cuda::chunkwise_set_walk_policy(default_policy()); }
 };
 
 // Tolerances on ||out - ref|| / ||ref|| (SPEC §6). fp16 keeps 3 more significand bits than bf16;
@@ -101,11 +136,13 @@ double tol_out(mlstm_dtype d) { return d == MLSTM_FLOAT32 ? 1e-4 : d == MLSTM_BF
 double tol_grad(mlstm_dtype d) { return d == MLSTM_FLOAT32 ? 1e-4 : d == MLSTM_BFLOAT16 ? 2e-2 : 5e-3; }
 
 std::string describe(const Case& c) {
-  return format("S=%lld B=%lld NH=%lld DHQK=%lld DHHV=%lld %s gates=%s L=%d %s%s%s%s%s",
+  const Policy policy = c.policy == Policy::kAuto ? default_policy() : c.policy;
+  return format("S=%lld B=%lld NH=%lld DHQK=%lld DHHV=%lld %s gates=%s L=%d %s%s%s%s%s%s%s",
                 (long long)c.S, (long long)c.B, (long long)c.NH, (long long)c.DHQK, (long long)c.DHHV,
                 testing::dtype_name(c.dtype), testing::dtype_name(c.gate_dtype), c.L,
                 c.algorithm == MLSTM_CHUNKWISE_XL ? "xl" : "limit", c.initial ? " init" : "", c.last ? " last" : "",
-                c.dlast ? " dlast" : "", c.padded ? " padded" : "");
+                c.dlast ? " dlast" : "", c.padded ? " padded" : "", policy == Policy::kAuto ? "" : " walks=",
+                policy == Policy::kAuto ? "" : policy_name(policy));
 }
 
 // All device tensors of one forward + backward call.
@@ -309,6 +346,7 @@ CpuReference cpu_reference(const Case& c, const ref::Inputs<double>& seen, const
 }
 
 void run_case(const Case& c, uint64_t seed, testing::Worst& worst, bool check_repeat) {
+  const PolicyScope policy(c.policy);
   testing::Rng rng(seed);
   ref::Inputs<double> in = harness::random_inputs(rng, c.B, c.NH, c.S, c.DHQK, c.DHHV, c.initial, c.gates);
   harness::Config cfg;
@@ -376,6 +414,7 @@ void run_case(const Case& c, uint64_t seed, testing::Worst& worst, bool check_re
 // 2 (its initial-state gradients) -> piece 1 (as last-state gradients). Compared with one call's
 // reference.
 void run_state_passing(Case c, int64_t S1, uint64_t seed, testing::Worst& worst) {
+  const PolicyScope policy(c.policy);
   testing::Rng rng(seed);
   ref::Inputs<double> in = harness::random_inputs(rng, c.B, c.NH, c.S, c.DHQK, c.DHHV, c.initial, c.gates);
   harness::Config cfg;
@@ -453,11 +492,43 @@ std::vector<Case> small_cases() {
   Case c{1, 1, 520, 16, 32, MLSTM_BFLOAT16};
   c.initial = c.dlast = true;
   cs.push_back(c);
-  // The register walks (value dims divisible by 64 and 128, a contraction in two parts for the
-  // backward), segmented as well: ten chunks for one (b, h).
+  // The register walks (value dims divisible by 64 and 128, the backward's contraction in two parts),
+  // segmented as well: ten chunks for one (b, h).
   Case d{1, 1, 600, 64, 128, MLSTM_BFLOAT16};
   d.initial = d.last = d.dlast = true;
   cs.push_back(d);
+  // The forward and dv walks in two 8-warp blocks per SM (64 / 2 x 128 in 32-column steps), fp16.
+  Case f{1, 1, 70, 256, 128, MLSTM_FLOAT16};
+  f.initial = f.last = f.dlast = true;
+  f.policy = Policy::kBlocks2;
+  cs.push_back(f);
+  // The 16-warp layouts for every walk (two chunks each; the full set has them segmented): contraction
+  // 256 both ways in two parts (128 / 2 x 128), and the dq/dk walks over 512 columns in four parts
+  // (64 / 4 x 128).
+  Case e{1, 1, 70, 256, 256, MLSTM_BFLOAT16};
+  e.initial = e.last = e.dlast = true;
+  e.policy = Policy::kWarps16;
+  cs.push_back(e);
+  Case g{1, 1, 70, 64, 512, MLSTM_BFLOAT16};
+  g.initial = g.last = g.dlast = true;
+  g.policy = Policy::kWarps16;
+  cs.push_back(g);
+  // The library's hybrid at config-A and config-B head dims, segmented (eight chunks, two segments):
+  // the forward and dv walks in 128 / 2 x 128 (A) and 128 / 1 x 128 (B), the dq and dk walks on their
+  // own kernel in 64 / 2 x 256 (A) and 128 / 1 x 256 (B).
+  Case hyb_a{1, 1, 450, 256, 512, MLSTM_BFLOAT16};
+  hyb_a.initial = hyb_a.last = hyb_a.dlast = true;
+  cs.push_back(hyb_a);
+  Case hyb_b{1, 1, 450, 128, 256, MLSTM_FLOAT16};
+  hyb_b.initial = hyb_b.last = hyb_b.dlast = true;
+  cs.push_back(hyb_b);
+  // The dq and dk walks' own kernel in its narrower layouts: 128 / 1 x 128 and 128 / 1 x 64.
+  Case v128{1, 1, 70, 128, 128, MLSTM_BFLOAT16};
+  v128.initial = v128.last = v128.dlast = true;
+  cs.push_back(v128);
+  Case v64{1, 1, 70, 128, 64, MLSTM_FLOAT16};
+  v64.initial = v64.last = v64.dlast = true;
+  cs.push_back(v64);
   return cs;
 }
 
@@ -528,6 +599,27 @@ std::vector<Case> all_cases() {
       cs.push_back(c);
     }
   }
+  // The target head dims under the other walk layouts (the cases above run the library's choice):
+  // one 8-warp block per SM with 256-column parts, and the forward and dv walks in two blocks per SM.
+  for (Policy policy : {Policy::kWide, Policy::kBlocks2}) {
+    Case c = big;
+    c.policy = policy;
+    cs.push_back(c);
+  }
+  // The 16-warp layouts for every walk, segmented (nine chunks, two segments) at a size the host
+  // emulation runs in minutes: 128 / 2 x 128 both ways, and the dq/dk walks in four parts (64 / 4 x 128).
+  Case seg_a{1, 1, 520, 256, 256, MLSTM_BFLOAT16};
+  seg_a.initial = seg_a.last = seg_a.dlast = true;
+  seg_a.policy = Policy::kWarps16;
+  cs.push_back(seg_a);
+  Case seg_b{1, 1, 520, 64, 512, MLSTM_BFLOAT16};
+  seg_b.initial = seg_b.last = seg_b.dlast = true;
+  seg_b.policy = Policy::kWarps16;
+  cs.push_back(seg_b);
+  // The target head dims with 16 warps for every walk (64 / 4 x 128 for the dq and dk walks).
+  Case big16 = big;
+  big16.policy = Policy::kWarps16;
+  cs.push_back(big16);
   return cs;
 }
 
@@ -660,13 +752,20 @@ BenchResult bench_shape(BenchBuffers& buf, int64_t B, int64_t NH, int64_t S, int
   return res;
 }
 
+// The walk layout policies the benchmark compares (the library's hybrid first).
+const Policy kBenchPolicies[] = {Policy::kAuto, Policy::kWide, Policy::kWarps16, Policy::kBlocks2};
+
 int bench() {
-  // Correctness gate at reduced sizes of both configurations before any timing.
+  // Correctness gate at reduced sizes of both configurations, under every compared policy, before any
+  // timing.
   testing::Worst worst;
   for (auto [dk, dv] : {std::pair<int64_t, int64_t>{256, 512}, {128, 256}}) {
-    Case c{1, 2, 200, dk, dv, MLSTM_BFLOAT16};
-    c.initial = c.last = c.dlast = true;
-    run_case(c, 77, worst, false);
+    for (Policy policy : kBenchPolicies) {
+      Case c{1, 2, 200, dk, dv, MLSTM_BFLOAT16};
+      c.initial = c.last = c.dlast = true;
+      c.policy = policy;
+      run_case(c, 77, worst, false);
+    }
   }
   if (testing::failure_count() > 0) {
     std::printf("bench: correctness check failed; not timing\n");
@@ -696,12 +795,29 @@ int bench() {
                 r.ws_fwd / 1e6, r.ws_bwd / 1e6);
     std::fflush(stdout);
   }
+  // The walk layouts against each other (chunkwise_set_walk_policy; "auto" is the library's hybrid).
+  std::printf("\n| walks | config | S | B | fwd ms | fwd+bwd ms |\n|---|---|---|---|---|---|\n");
+  for (int j = 0; j < 3; ++j) {  // config A and B at S = 8192, config A at S = 512
+    const Shape& s = shapes[j];
+    for (Policy policy : kBenchPolicies) {
+      const PolicyScope scope(policy);
+      const BenchResult r = bench_shape(buf, s.B, s.NH, s.S, s.DHQK, s.DHHV, 30);
+      std::printf("| %s | %s | %lld | %lld | %.3f | %.3f |\n", policy_name(policy), s.name, (long long)s.S,
+                  (long long)s.B, r.fwd_ms, r.fwbw_ms);
+      std::fflush(stdout);
+    }
+  }
   return testing::finish("test_cuda_chunkwise --bench");
 }
 
 // One shape for a profiler: 3 forward calls, then 3 forward + backward calls, untimed and unchecked
-// (the kernel launches in order: per forward scores, walk; per backward scores, dq, dv, dk walks, gates).
-int profile(const char* config) {
+// (the kernel launches in order: per forward scores, walk; per backward scores, dq, dv, dk walks, gates),
+// with the walk layouts of `policy` (wide, warps16, blocks2, smem; default: the library's).
+int profile(const char* config, const char* policy) {
+  Policy chosen = Policy::kAuto;
+  for (Policy p : {Policy::kWide, Policy::kWarps16, Policy::kBlocks2, Policy::kSharedMemory})
+    if (policy != nullptr && std::strcmp(policy, policy_name(p)) == 0) chosen = p;
+  const PolicyScope scope(chosen);
   const bool a = std::strcmp(config, "B") != 0;
   const size_t tokens = size_t(65536) * 16;
   BenchBuffers buf(tokens * 256 / 2, tokens * 512 / 2, tokens);
@@ -723,8 +839,11 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (argc > 1 && std::strcmp(argv[1], "--bench") == 0) return bench();
-  if (argc > 1 && std::strcmp(argv[1], "--profile") == 0) return profile(argc > 2 ? argv[2] : "A");
-  const bool small = std::getenv("MLSTM_TEST_SMALL") != nullptr;
+  if (argc > 1 && std::strcmp(argv[1], "--profile") == 0)
+    return profile(argc > 2 ? argv[2] : "A", argc > 3 ? argv[3] : nullptr);
+  // MLSTM_TEST_SMALL set and not empty: the small set (tools/emulation/run.sh sets it unless given empty).
+  const char* small_env = std::getenv("MLSTM_TEST_SMALL");
+  const bool small = small_env != nullptr && *small_env != '\0';
   // MLSTM_TEST_CASE=<index> runs one case of the list, MLSTM_TEST_CASE=state the state passing only;
   // MLSTM_TEST_SEED=<n> replaces the case's seed (1000 + index).
   const char* only = std::getenv("MLSTM_TEST_CASE");

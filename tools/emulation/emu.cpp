@@ -7,7 +7,7 @@
 namespace emu {
 D3 g_tid, g_bid, g_bdim, g_gdim;
 namespace {
-struct Pending { void* dst; const void* src; bool valid; };
+struct Pending { void* dst; const void* src; bool valid; int bytes; };
 struct Fiber {
   ucontext_t ctx;
   std::vector<char> stack;
@@ -64,12 +64,12 @@ void fetch_mma(int lane, uint32_t* a, uint32_t* b) {
   for (int i = 0; i < 4; ++i) a[i] = xa[w][lane][i];
   b[0] = xb[w][lane][0], b[1] = xb[w][lane][1];
 }
-void cp_async(void* dst, const void* src, bool valid) { fibers[cur].open.push_back({dst, src, valid}); }
+void cp_async(void* dst, const void* src, bool valid, int bytes) { fibers[cur].open.push_back({dst, src, valid, bytes}); }
 void cp_commit() { auto& f = fibers[cur]; f.groups.push_back(f.open); f.open.clear(); }
 void cp_wait(int n) {
   auto& f = fibers[cur];
   while (int(f.groups.size()) > n) {
-    for (auto& pd : f.groups.front()) { if (pd.valid) std::memcpy(pd.dst, pd.src, 16); else std::memset(pd.dst, 0, 16); }
+    for (auto& pd : f.groups.front()) { if (pd.valid) std::memcpy(pd.dst, pd.src, pd.bytes); else std::memset(pd.dst, 0, pd.bytes); }
     f.groups.erase(f.groups.begin());
   }
 }

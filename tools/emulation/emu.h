@@ -27,7 +27,7 @@ uint64_t exchange(uint64_t mine, int src_lane);
 const void* exchange_ptr(const void* mine, int src_lane);
 void deposit_mma(const uint32_t* a, uint32_t b0, uint32_t b1);
 void fetch_mma(int lane, uint32_t* a, uint32_t* b);
-void cp_async(void* dst, const void* src, bool valid);
+void cp_async(void* dst, const void* src, bool valid, int bytes = 16);
 void cp_commit();
 void cp_wait(int n);
 }  // namespace emu
@@ -56,6 +56,8 @@ namespace mlstm::cuda::chunkwise {
 inline unsigned char* dynamic_smem() { return ::emu::smem(); }
 inline float fast_exp(float x) { return std::exp(x); }
 inline void cp_async16(void* smem, const void* gmem, bool valid) { ::emu::cp_async(smem, gmem, valid); }
+inline void cp_async8(void* smem, const void* gmem, bool valid) { ::emu::cp_async(smem, gmem, valid, 8); }
+inline void cp_async4(void* smem, const void* gmem, bool valid) { ::emu::cp_async(smem, gmem, valid, 4); }
 inline void cp_async_commit() { ::emu::cp_commit(); }
 template <int N> inline void cp_async_wait() { ::emu::cp_wait(N); }
 

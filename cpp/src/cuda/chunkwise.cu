@@ -14,6 +14,7 @@
 // kT x kT intra matrix of every chunk; backward workspace = the two intra matrices, per-token terms
 // and per-slice partial dot products (summed in a fixed order, so results are deterministic).
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <mutex>
 
@@ -67,36 +68,79 @@ size_t walk_smem(mlstm_dtype dtype, int DA, int DB_s) {
   }
 }
 
-// One walk's work split: value slice width per block and the number of slices; kw > 0 selects the
-// register walk (kw contraction columns per warp, kp parts of the contraction).
+// One walk's work split: value slice width per block and the number of slices; reg.kw > 0 selects the
+// register walk in layout `reg`.
 struct WalkSplit {
-  int DB_s = 0, n_slices = 0, kw = 0, kp = 1;
-  size_t smem = 0;
+  int DB_s = 0, n_slices = 0;
+  RegWalkShape reg;
+  size_t smem = 0;  // the shared-memory walk's
 };
 
-// The register walk (chunkwise_walk_reg.cuh) for 16-bit inputs when its shapes fit: DA <= 256 with
-// 128-column value slices, or DA <= 512 in two contraction parts with 64-column slices.
-bool pick_reg_split(mlstm_dtype dtype, int DA, int DB, int smem_limit, WalkSplit* split) {
+std::atomic<int> walk_policy{int(ChunkwiseWalkPolicy::kAuto)};
+
+// The register walk for 16-bit inputs when a layout fits the shape. The walks over DHQK (qk: kFwd, kDv)
+// and over DHHV (v: kDq, kDk) have their own layouts (the latter carry the state as hi + lo parts and an
+// extra row). Layouts of chunkwise_walk_reg.cuh (value slice / parts x columns per part), by contraction DA:
+//   DA <= 128:  128 / 1 x 64 or 128, 8 warps (the state already in at most 64 registers);
+//   DA <= 256:  kWide: 128 / 1 x 256, one 8-warp block per SM (state in 128 registers);
+//               kWarps16: 128 / 2 x 128, one 16-warp block per SM (state in 64 registers);
+//               kBlocks2: qk walks 64 / 2 x 128, two 8-warp blocks per SM;
+//   DA <= 512:  64 / 2 x 256, 8 warps; but for 256 < DA the v walks under kWarps16 and kBlocks2 take
+//               64 / 4 x 128, 16 warps (for smaller DA most of its parts would walk zero columns).
+// kAuto is a hybrid, each walk direction on what measured fastest for it: the qk walks as under
+// kWarps16; the v walks on their own kernel (chunkwise_walk_reg_v.cuh: 8 warps of up to 255 registers,
+// every part over all 64 tokens of a chunk, partial outputs added through shared memory) in 128 / 1 x 64,
+// 128 or 256 for DA <= 64, 128, 256 and 64 / 2 x 256 for DA <= 512. That kernel is the register walk
+// from before the kWide and kWarps16 layouts, kept for its v walks. ncu ms per walk, it in every walk
+// against the layouts (H200, 2026-11-26; config A: B 8, NH 8, S 8192, DHQK 256, DHHV 512, bf16):
+//                    fwd    dv     dq     dk
+//   8-warp kernel    3.96   3.41   5.92   5.88
+//   kWide            3.90   3.42   8.04   7.92
+//   kWarps16         3.82   3.45   9.83   9.84
+// End to end, the 8-warp kernel in every walk against kWarps16: forward 3.24 / 3.07 ms at config A and
+// 5.62 / 3.16 ms at config A with S 512, B 128; forward + backward 16.20 / 22.39 ms at config A.
+bool pick_reg_split(mlstm_dtype dtype, int DA, int DB, bool qk, int smem_limit, WalkSplit* split) {
+  auto policy = static_cast<ChunkwiseWalkPolicy>(walk_policy.load());
+  if (policy == ChunkwiseWalkPolicy::kSharedMemory) return false;
   if (dtype != MLSTM_FLOAT16 && dtype != MLSTM_BFLOAT16) return false;
-  WalkSplit s;
-  if (DA <= 256 && DB % 128 == 0) {
-    s.DB_s = 128, s.kp = 1, s.kw = DA <= 64 ? 64 : DA <= 128 ? 128 : 256;
+  const bool v_kernel = policy == ChunkwiseWalkPolicy::kAuto && !qk;
+  if (policy == ChunkwiseWalkPolicy::kAuto) policy = ChunkwiseWalkPolicy::kWarps16;
+  const bool wide = policy == ChunkwiseWalkPolicy::kWide;
+  RegWalkShape r;  // {DB_s, kp, kw, step_cols, blocks_per_sm, v_kernel}
+  if (v_kernel) {
+    if (DA <= 256 && DB % 128 == 0) {
+      r = {128, 1, DA <= 64 ? 64 : DA <= 128 ? 128 : 256, kTK, 1, true};
+    } else if (DA <= 512 && DB % 64 == 0) {
+      r = {64, 2, 256, kTK, 1, true};
+    } else {
+      return false;
+    }
+  } else if (DA <= 128 && DB % 128 == 0) {
+    r = {128, 1, DA <= 64 ? 64 : 128, 64, 1};
+  } else if (DA <= 256 && DB % 128 == 0 && wide) {
+    r = {128, 1, 256, 64, 1};
+  } else if (DA <= 256 && DB % 64 == 0 && qk && policy == ChunkwiseWalkPolicy::kBlocks2) {
+    r = {64, 2, 128, 32, 2};
+  } else if (DA <= 256 && DB % 128 == 0) {
+    r = qk ? RegWalkShape{128, 2, 128, 64, 1} : RegWalkShape{128, 2, 128, 32, 1};
   } else if (DA <= 512 && DB % 64 == 0) {
-    s.DB_s = 64, s.kp = 2, s.kw = 256;
+    r = wide || qk || DA <= 256 ? RegWalkShape{64, 2, 256, 64, 1} : RegWalkShape{64, 4, 128, 32, 1};
   } else {
     return false;
   }
-  s.smem = reg_walk_smem_bytes(s.DB_s, s.kp, s.kw, dtype == MLSTM_FLOAT32 ? 4 : 2);
-  if (s.smem > size_t(smem_limit)) return false;
-  s.n_slices = DB / s.DB_s;
-  *split = s;
+  const WalkMode modes[2] = {qk ? WalkMode::kFwd : WalkMode::kDq, qk ? WalkMode::kDv : WalkMode::kDk};
+  for (WalkMode m : modes)
+    if (reg_walk_smem_bytes(r, m) > size_t(smem_limit)) return false;
+  split->reg = r;
+  split->DB_s = r.DB_s;
+  split->n_slices = DB / r.DB_s;
   return true;
 }
 
 // The widest value slice (128, 64, 32 or 16 columns) that divides the value dimension and whose
 // state and tiles fit in shared memory: wider slices re-read the A/Bk tiles fewer times.
-mlstm_status pick_split(mlstm_dtype dtype, int DA, int DB, int smem_limit, WalkSplit* split) {
-  if (pick_reg_split(dtype, DA, DB, smem_limit, split)) return MLSTM_OK;
+mlstm_status pick_split(mlstm_dtype dtype, int DA, int DB, bool qk, int smem_limit, WalkSplit* split) {
+  if (pick_reg_split(dtype, DA, DB, qk, smem_limit, split)) return MLSTM_OK;
   for (int DB_s = 128; DB_s >= 16; DB_s /= 2) {
     if (DB % DB_s != 0) continue;
     const size_t bytes = walk_smem(dtype, DA, DB_s);
@@ -134,8 +178,9 @@ mlstm_status make_plan(const P& p, bool backward, Plan* plan) {
   plan->BNH = p.B * p.NH;
   plan->NC = (p.S + kT - 1) / kT;
   const auto dtype = static_cast<mlstm_dtype>(p.q.dtype);
-  MLSTM_RETURN_IF_ERROR(pick_split(dtype, int(p.DHQK), int(p.DHHV), dev.smem_optin, &plan->qk_by_v));
-  if (backward) MLSTM_RETURN_IF_ERROR(pick_split(dtype, int(p.DHHV), int(p.DHQK), dev.smem_optin, &plan->v_by_qk));
+  MLSTM_RETURN_IF_ERROR(pick_split(dtype, int(p.DHQK), int(p.DHHV), true, dev.smem_optin, &plan->qk_by_v));
+  if (backward)
+    MLSTM_RETURN_IF_ERROR(pick_split(dtype, int(p.DHHV), int(p.DHQK), false, dev.smem_optin, &plan->v_by_qk));
   // The segmentation depends only on the forward's split, so forward and backward agree on it.
   const int64_t blocks = plan->BNH * plan->qk_by_v.n_slices;
   int64_t n_seg = 1;
@@ -294,7 +339,7 @@ WalkParams walk_common(const P& p, const Plan& plan, WalkMode mode, const WalkSp
   w.DA = int(over_qk ? p.DHQK : p.DHHV);
   w.DB = int(over_qk ? p.DHHV : p.DHQK);
   w.DB_s = split.DB_s;
-  w.reg_kw = split.kw;
+  w.reg = split.reg;
   w.qk_scale = p.qk_scale;
   w.eps = p.eps;
   w.m_in = vec_view(p.m_initial);
@@ -505,6 +550,8 @@ mlstm_status check_buffer_alignment(const char* what, const void* workspace, con
 }
 
 }  // namespace
+
+void chunkwise_set_walk_policy(ChunkwiseWalkPolicy policy) { walk_policy.store(int(policy)); }
 
 mlstm_status chunkwise_fwd_sizes(const FwdParams& p, mlstm_buffer_sizes* sizes) {
   Plan plan;

@@ -22,10 +22,13 @@ template <typename Elem>
 mlstm_status launch_walk(const WalkParams& p, int n_slices, int n_segments, size_t smem_bytes, cudaStream_t stream);
 template <typename Elem>
 size_t walk_smem_bytes(int DA, int DB_s);
-// The register walk (16-bit types; p.reg_kw > 0).
+// The register walk (16-bit types; p.reg.kw > 0). Its kernels are compiled per walk mode, each mode in
+// its own translation unit (chunkwise_walk_reg_<mode>.cu), so that they build in parallel.
 template <typename Elem>
-mlstm_status launch_reg_walk(const WalkParams& p, int n_slices, int n_segments, size_t smem_bytes, cudaStream_t stream);
-// Shared memory of the register walk with value slice DB_s, kp contraction parts of kw columns.
-size_t reg_walk_smem_bytes(int DB_s, int kp, int kw, int elem_bytes);
+mlstm_status launch_reg_walk(const WalkParams& p, int n_slices, int n_segments, cudaStream_t stream);
+template <typename Elem, WalkMode kMode>
+mlstm_status launch_reg_walk_mode(const WalkParams& p, int n_slices, int n_segments, cudaStream_t stream);
+// Shared memory of a register-walk layout in a mode; size_t(-1) where that layout is not compiled.
+size_t reg_walk_smem_bytes(const RegWalkShape& shape, WalkMode mode);
 
 }  // namespace mlstm::cuda::chunkwise

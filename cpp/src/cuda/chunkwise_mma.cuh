@@ -57,6 +57,24 @@ __device__ __forceinline__ float round_to(float x) {
   return to_float(from_float<Elem>(x));
 }
 
+// The A operand (m16n8k16) made of accumulator n-tiles n0, n0 + 1 of a 16-row block (a tile pair is
+// exactly an A fragment), rounded to the element type; with kSplit also the rounding remainder as a
+// second operand (hi + lo: the pair of products keeps fp32 accuracy). n0 must be a compile-time index
+// after unrolling, or acc leaves registers.
+template <typename Elem, bool kSplit, int N>
+__device__ __forceinline__ void accumulator_fragment(const float (&acc)[N][4], int n0, uint32_t (&hi)[4],
+                                                     uint32_t (&lo)[4]) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {  // register i: rows g (i even) or g + 8 of tile n0 + i / 2
+    const float x0 = acc[n0 + i / 2][2 * (i % 2)], x1 = acc[n0 + i / 2][2 * (i % 2) + 1];
+    hi[i] = pack2<Elem>(x0, x1);
+    if constexpr (kSplit) {
+      const float2 r = unpack2<Elem>(hi[i]);
+      lo[i] = pack2<Elem>(x0 - r.x, x1 - r.y);
+    }
+  }
+}
+
 // Two adjacent elements, as one access when the address allows it (strided views may not).
 template <typename Elem>
 __device__ __forceinline__ bool pair_aligned(const Elem* p) {
@@ -137,6 +155,17 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool va
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)), "l"(gmem),
                "r"(src_bytes));
 }
+// 8 or 4 bytes (per-token scalars, whose rows need not be 16-byte aligned); `valid == false` writes zeros.
+__device__ __forceinline__ void cp_async8(void* smem, const void* gmem, bool valid) {
+  const int src_bytes = valid ? 8 : 0;
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(smem_addr(smem)), "l"(gmem),
+               "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool valid) {
+  const int src_bytes = valid ? 4 : 0;
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(smem)), "l"(gmem),
+               "r"(src_bytes));
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
@@ -161,6 +190,14 @@ __device__ __forceinline__ unsigned char* dynamic_smem() {
 __device__ __forceinline__ float quad_sum(float v) {
   v += __shfl_xor_sync(0xffffffffu, v, 1);
   v += __shfl_xor_sync(0xffffffffu, v, 2);
+  return v;
+}
+
+// Sum over lanes that differ only in the bits of g (lane / 4): the 8 rows of an accumulator tile.
+__device__ __forceinline__ float row_group_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 4);
+  v += __shfl_xor_sync(0xffffffffu, v, 8);
+  v += __shfl_xor_sync(0xffffffffu, v, 16);
   return v;
 }
 

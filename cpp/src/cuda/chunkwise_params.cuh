@@ -98,6 +98,16 @@ struct SegmentStates {
   float* g = nullptr;
 };
 
+// A register-walk layout: value slice DB_s (16 state rows per warp), kp contraction parts of kw columns
+// each, contraction steps of step_cols columns, and blocks_per_sm, the number of blocks its registers
+// and shared memory are sized to share an SM with. kw = 0: none. v_kernel: a v walk (kDq, kDk) on the
+// v walks' own kernel (chunkwise_walk_reg_v.cuh: 64-column steps, one block per SM), else the kernel of
+// chunkwise_walk_reg.cuh.
+struct RegWalkShape {
+  int DB_s = 0, kp = 1, kw = 0, step_cols = 64, blocks_per_sm = 1;
+  bool v_kernel = false;
+};
+
 struct WalkParams {
   WalkMode mode = WalkMode::kFwd;
   int64_t BNH = 0, NH = 0, S = 0, NC = 0;
@@ -109,7 +119,7 @@ struct WalkParams {
   bool state_only = false;
   SegmentStates seg_start, seg_delta;
   int DA = 0, DB = 0, DB_s = 0;  // contraction dim, value dim, value slice per block
-  int reg_kw = 0;  // > 0: the walk keeps its state in registers, reg_kw contraction columns per warp
+  RegWalkShape reg;  // reg.kw > 0: the walk keeps its state in registers, in this layout
   float qk_scale = 1.f, eps = 1e-6f;
   SeqView A, Bk, V, out, partner;  // partner: the tensor dotted with the output (q for dq, k for dk)
   const void* M = nullptr;         // (B*NH, NC, kT, kT) Elem

@@ -114,7 +114,8 @@ enum WalkScalar {
   kMRow,      // forward: m_t
   kRowSum,    // forward: row sum of the intra matrix
   kQN,        // forward: q_t . n_k
-  kDot0,      // the output . partner row sums of the (up to eight) column or row groups
+  kInv,       // forward: 1 / (max(|den_t|, exp(-m_t)) + eps)
+  kDot0,      // kDq, kDk: the output . partner row sums of the (up to eight) column or row groups
   kDot1,
   kDot2,
   kDot3,
@@ -122,7 +123,6 @@ enum WalkScalar {
   kDot5,
   kDot6,
   kDot7,
-  kInv,       // forward: 1 / (max(|den_t|, exp(-m_t)) + eps)
   kNumScalars
 };
 
@@ -205,12 +205,60 @@ __device__ inline ChunkTokens load_chunk_tokens(const WalkParams& p, int64_t bh,
   return r;
 }
 
+// The token values of one chunk in shared memory: the register walk copies them asynchronously, a chunk
+// ahead, instead of holding them in registers across the chunk before.
+struct ChunkTokenTile {
+  double b[kT], u[kT], c[kT];
+  float d[kT];
+  float m_prev, m_end;  // backward: as in ChunkTokens
+};
+
+// Issues the asynchronous copies of chunk k's token values into `dst` (the caller commits the group).
+// Slots past the chunk's end are zero-filled, as load_chunk_tokens leaves them.
+template <int kThreadCount>
+__device__ inline void issue_chunk_tokens(const WalkParams& p, int64_t bh, int k, ChunkTokenTile* dst, int tid) {
+  const int64_t t0 = int64_t(k) * kT;
+  const int Tc = chunk_len(p.S, t0, kT);
+  const int64_t base = bh * p.S + t0;
+  const bool fwd = p.mode == WalkMode::kFwd;
+  for (int idx = tid; idx < 4 * kT + (fwd ? 0 : 2); idx += kThreadCount) {
+    const int a = idx / kT, j = idx % kT;
+    const bool valid = j < Tc;
+    const int64_t at = base + (valid ? j : 0);
+    if (a == 0) cp_async8(&dst->b[j], p.tok.b + at, valid);
+    else if (a == 1) cp_async8(&dst->u[j], p.tok.u + at, valid);
+    else if (a == 2) cp_async8(&dst->c[j], p.tok.c + at, valid);
+    else if (a == 3) cp_async4(&dst->d[j], p.tok.d + at, valid);
+    else if (j == 0) cp_async4(&dst->m_prev, k > 0 ? p.m_saved + base - 1 : p.m_saved, k > 0);
+    else cp_async4(&dst->m_end, p.m_saved + base + Tc - 1, true);
+  }
+}
+
+// Thread tid's view of a chunk's token values from a landed ChunkTokenTile (see load_chunk_tokens).
+__device__ inline ChunkTokens chunk_tokens_at(const WalkParams& p, const ChunkTokenTile& s, int Tc, int tid) {
+  ChunkTokens r;
+  if (tid < kT) {
+    r.b = s.b[tid];
+    r.u = s.u[tid];
+    r.c = s.c[tid];
+    r.d = s.d[tid];
+  }
+  r.g = s.b[Tc - 1];
+  if (p.mode == WalkMode::kFwd) {
+    r.c_last = s.c[Tc - 1];
+  } else {
+    r.m_end = s.m_end;
+    r.m_prev = s.m_prev;
+  }
+  return r;
+}
+
 // The per-token scales of one chunk (threads < kT write the scalar arrays; every thread returns the
 // chunk's decay alpha = exp(g + m_k - m_{k+1})). m_k is the stabiliser before the chunk; m_next
 // receives the one after it. The exponents are formed in fp64 (see TokenArrays), then rounded.
+// tid: this thread's index (a caller may pass one it read afresh; see the register walk).
 __device__ inline float walk_chunk_scalars(const WalkParams& p, const ChunkTokens& tk, int Tc, double m_k,
-                                           double* m_next, float* scal) {
-  const int tid = threadIdx.x;
+                                           double* m_next, float* scal, int tid = threadIdx.x) {
   const float s = p.qk_scale;
   const double mk1 = p.mode == WalkMode::kFwd ? fmax(tk.g + m_k, tk.c_last) : double(tk.m_end);
   *m_next = mk1;
@@ -361,6 +409,7 @@ struct WalkEnd {
 struct WalkPlace {
   int seg = 0, c_begin = 0, n_it = 0;
   bool starts_walk = false, ends_walk = false;
+  WalkPlace() = default;
   __device__ WalkPlace(const WalkParams& p, bool reverse) {
     seg = int(blockIdx.z) + p.seg_offset;
     c_begin = seg * p.seg_chunks;

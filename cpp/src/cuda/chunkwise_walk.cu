@@ -27,7 +27,7 @@ mlstm_status launch_walk_slice(const WalkParams& p, int n_slices, int n_segments
 template <typename Elem>
 mlstm_status launch_walk(const WalkParams& p, int n_slices, int n_segments, size_t smem_bytes, cudaStream_t stream) {
   if constexpr (!std::is_same_v<Elem, float>) {
-    if (p.reg_kw > 0) return launch_reg_walk<Elem>(p, n_slices, n_segments, smem_bytes, stream);
+    if (p.reg.kw > 0) return launch_reg_walk<Elem>(p, n_slices, n_segments, stream);
   }
   switch (p.DB_s) {
     case 128: return launch_walk_slice<Elem, 128>(p, n_slices, n_segments, smem_bytes, stream);

@@ -1,0 +1,6 @@
+// The register walk's kernels for mode kFwd (see chunkwise_walk_reg_launch.cuh).
+#include "cuda/chunkwise_walk_reg_launch.cuh"
+
+namespace mlstm::cuda::chunkwise {
+MLSTM_REG_WALK_MODE(WalkMode::kFwd)
+}  // namespace mlstm::cuda::chunkwise
