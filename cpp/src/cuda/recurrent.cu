@@ -89,19 +89,26 @@ int common_alignment(int limit, const void* ptr, std::initializer_list<int64_t> 
 // ---- step ---------------------------------------------------------------------------------------------
 
 // Variants of the step's work split that only a timing run can settle. Nothing else reads them; a
-// timing build may override them (-DMLSTM_STEP_BLOCKS_PER_SM=2, -DMLSTM_STEP_PROGRAMMATIC_LAUNCH=1).
+// timing build may override them (-DMLSTM_STEP_BLOCKS_PER_SM=2, -DMLSTM_STEP_PROGRAMMATIC_LAUNCH=1,
+// -DMLSTM_STEP_SLABS=8; scripts/step_slabs.sh). The library reads no environment.
 //  * kStepBlocksPerSm: how many blocks of the step share an SM in the slab-count model of
 //    choose_step_config. 1: at B*NH >= ~#SMs every block streams whole rows of one (b, h) (2 KiB per
 //    row for fp32 DHHV = 512); 2: twice the slabs, half as wide, two blocks per SM (B=16 -> 2 slabs).
 //  * kStepProgrammaticLaunch: launch with programmatic stream serialization (sm_90), so that a step
 //    launches while the previous one drains (the kernel waits for it before its first load).
+//  * kStepForcedSlabs: d slabs per (b, h) wherever d is a valid count for the shape (divides the
+//    vectors of a row, >= 16 columns, within the in-place cap); 0: the rule of choose_step_config.
 #ifndef MLSTM_STEP_BLOCKS_PER_SM
 #define MLSTM_STEP_BLOCKS_PER_SM 1
 #endif
 #ifndef MLSTM_STEP_PROGRAMMATIC_LAUNCH
 #define MLSTM_STEP_PROGRAMMATIC_LAUNCH 0
 #endif
+#ifndef MLSTM_STEP_SLABS
+#define MLSTM_STEP_SLABS 0
+#endif
 constexpr int kStepBlocksPerSm = MLSTM_STEP_BLOCKS_PER_SM;
+constexpr int kStepForcedSlabs = MLSTM_STEP_SLABS;
 constexpr bool kStepProgrammaticLaunch = MLSTM_STEP_PROGRAMMATIC_LAUNCH != 0;
 
 // The step's work split (recurrent_step.cuh): slabs per (b, h) and the tile inside a slab.
@@ -148,14 +155,8 @@ StepConfig choose_step_config(const FwdParams& p, const DeviceInfo& dev, int vec
       if (p.DHQK * (p.DHHV / d) * es <= (int64_t(64) << 10)) break;
     }
   }
-  // Benchmarking knob: MLSTM_STEP_SLABS=<d> forces d slabs per (b, h) where d is a valid count for the
-  // shape (divides the vectors of a row, >= 16 columns, within the in-place cap); otherwise ignored.
-  static const int forced_slabs = [] {
-    const char* e = std::getenv("MLSTM_STEP_SLABS");
-    return e != nullptr ? std::atoi(e) : 0;
-  }();
-  if (forced_slabs > 0 && forced_slabs <= cap && vectors % forced_slabs == 0 && p.DHHV / forced_slabs >= 16)
-    cfg.nslab = forced_slabs;
+  constexpr int forced = kStepForcedSlabs > 0 ? kStepForcedSlabs : 1;  // a divisor even when unset
+  if (kStepForcedSlabs > 0 && forced <= cap && vectors % forced == 0 && p.DHHV / forced >= 16) cfg.nslab = forced;
   cfg.slab_width = static_cast<int>(p.DHHV / cfg.nslab);
   const int slab_vectors = cfg.slab_width / vec;
   cfg.tile_threads = 32;
