@@ -28,6 +28,7 @@ struct DeviceInfo {
   int sm_count = 0;
   int cc_major = 0;
   int smem_optin = 0;  // largest dynamic shared memory per block after opting in
+  int l2_bytes = 0;
 };
 
 // Device attributes, queried once per device (cheap calls, but the step runs thousands of times).
@@ -47,6 +48,7 @@ mlstm_status device_info(int device, DeviceInfo* info) {
   MLSTM_CUDA_CHECK(cudaDeviceGetAttribute(&info->sm_count, cudaDevAttrMultiProcessorCount, device));
   MLSTM_CUDA_CHECK(cudaDeviceGetAttribute(&info->cc_major, cudaDevAttrComputeCapabilityMajor, device));
   MLSTM_CUDA_CHECK(cudaDeviceGetAttribute(&info->smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  MLSTM_CUDA_CHECK(cudaDeviceGetAttribute(&info->l2_bytes, cudaDevAttrL2CacheSize, device));
   if (cacheable) {
     std::lock_guard<std::mutex> lock(mutex);
     cache[device] = *info;
@@ -89,20 +91,22 @@ int common_alignment(int limit, const void* ptr, std::initializer_list<int64_t> 
 // ---- step ---------------------------------------------------------------------------------------------
 
 // Variants of the step's work split that only a timing run can settle. Nothing else reads them; a
-// timing build may override them (-DMLSTM_STEP_BLOCKS_PER_SM=2, -DMLSTM_STEP_PROGRAMMATIC_LAUNCH=1,
-// -DMLSTM_STEP_SLABS=8; scripts/step_slabs.sh). The library reads no environment.
+// timing build may override them (-DMLSTM_STEP_BLOCKS_PER_SM=2, -DMLSTM_STEP_PROGRAMMATIC_LAUNCH=0,
+// -DMLSTM_STEP_SLABS=8; scripts/step_slabs.sh, scripts/step_lib_variants.sh). The library reads no
+// environment.
 //  * kStepBlocksPerSm: how many blocks of the step share an SM in the slab-count model of
 //    choose_step_config. 1: at B*NH >= ~#SMs every block streams whole rows of one (b, h) (2 KiB per
 //    row for fp32 DHHV = 512); 2: twice the slabs, half as wide, two blocks per SM (B=16 -> 2 slabs).
 //  * kStepProgrammaticLaunch: launch with programmatic stream serialization (sm_90), so that a step
-//    launches while the previous one drains (the kernel waits for it before its first load).
+//    launches while the previous one drains (the kernel waits for it before its first load). H100,
+//    out of place: 0.5-1 us less per step at every B (B=1 4.4 against 5.3, B=16 49.5 against 51.0).
 //  * kStepForcedSlabs: d slabs per (b, h) wherever d is a valid count for the shape (divides the
 //    vectors of a row, >= 16 columns, within the in-place cap); 0: the rule of choose_step_config.
 #ifndef MLSTM_STEP_BLOCKS_PER_SM
 #define MLSTM_STEP_BLOCKS_PER_SM 1
 #endif
 #ifndef MLSTM_STEP_PROGRAMMATIC_LAUNCH
-#define MLSTM_STEP_PROGRAMMATIC_LAUNCH 0
+#define MLSTM_STEP_PROGRAMMATIC_LAUNCH 1
 #endif
 #ifndef MLSTM_STEP_SLABS
 #define MLSTM_STEP_SLABS 0
@@ -168,24 +172,32 @@ StepConfig choose_step_config(const FwdParams& p, const DeviceInfo& dev, int vec
       break;
     }
   cfg.cluster = use_cluster && cfg.nslab > 1;
-  cfg.programmatic_launch = kStepProgrammaticLaunch && dev.cc_major >= 9;
+  // Not for a grid of at most one block per SM in place: the next step's blocks, launched early,
+  // crowd some SMs, and that grid then runs unbalanced (H100, B=16 in place: 54.7 against 52.5 us).
+  const bool one_wave_in_place = nm_in_place && BH * cfg.nslab <= dev.sm_count;
+  cfg.programmatic_launch = kStepProgrammaticLaunch && dev.cc_major >= 9 && !cfg.cluster && !one_wave_in_place;
   return cfg;
 }
 
-// The one dispatch point of the step's compile-time tile: (vec, nv) -> kernel, null if not built.
-template <typename TS, typename TQ>
-void (*step_kernel(int vec, int nv))(StepParams) {
+// The one dispatch point of the step's compile-time variants: (vec, nv, prologue first) -> kernel, null
+// if not built. Unaligned states (vec 1) have a single variant.
+template <typename TS, typename TQ, bool PF>
+void (*step_kernel_vec(int nv))(StepParams) {
   constexpr int kVec = 16 / sizeof(TS);
-  if (vec == 1) return nv == 1 ? recurrent::recurrent_step_fwd_kernel<TS, TQ, 1, 1> : nullptr;
-  if (vec != kVec) return nullptr;
   switch (nv) {
-    case 1: return recurrent::recurrent_step_fwd_kernel<TS, TQ, kVec, 1>;
-    case 2: return recurrent::recurrent_step_fwd_kernel<TS, TQ, kVec, 2>;
+    case 1: return recurrent::recurrent_step_fwd_kernel<TS, TQ, kVec, 1, PF>;
+    case 2: return recurrent::recurrent_step_fwd_kernel<TS, TQ, kVec, 2, PF>;
     case 4:
-      if constexpr (kVec == 4) return recurrent::recurrent_step_fwd_kernel<TS, TQ, kVec, 4>;
+      if constexpr (kVec == 4) return recurrent::recurrent_step_fwd_kernel<TS, TQ, kVec, 4, PF>;
       return nullptr;
     default: return nullptr;
   }
+}
+template <typename TS, typename TQ>
+void (*step_kernel(int vec, int nv, bool prologue_first))(StepParams) {
+  if (vec == 1) return nv == 1 ? recurrent::recurrent_step_fwd_kernel<TS, TQ, 1, 1, false> : nullptr;
+  if (vec != int(16 / sizeof(TS))) return nullptr;
+  return prologue_first ? step_kernel_vec<TS, TQ, true>(nv) : step_kernel_vec<TS, TQ, false>(nv);
 }
 
 template <typename TS, typename TQ>
@@ -213,7 +225,9 @@ mlstm_status launch_step(const FwdParams& p, const DeviceInfo& dev, cudaStream_t
   sp.nslab = cfg.nslab, sp.slab_width = cfg.slab_width, sp.tile_threads = cfg.tile_threads;
   sp.has_initial = p.has_initial;
   sp.cluster_in_place = cfg.cluster;
-  sp.prefetch_l2 = BH * p.DHQK * p.DHHV * es <= (int64_t(16) << 20);
+  const int64_t state_bytes = BH * p.DHQK * p.DHHV * es;
+  sp.prefetch_l2 = state_bytes <= (int64_t(16) << 20);
+  const bool prologue_first = 2 * state_bytes > dev.l2_bytes;  // streams from DRAM (recurrent_step.cuh)
   sp.eps = p.eps, sp.qk_scale = p.qk_scale;
   sp.gate_dtype = p.i.dtype;
   sp.q = p.q.data, sp.q_s0 = p.q.stride[0], sp.q_s1 = p.q.stride[1];
@@ -233,7 +247,7 @@ mlstm_status launch_step(const FwdParams& p, const DeviceInfo& dev, cudaStream_t
   sp.m_out = p.m_last.data, sp.m_out_s0 = p.m_last.stride[0], sp.m_out_s1 = p.m_last.stride[1];
   sp.h = p.h.data, sp.h_s0 = p.h.stride[0], sp.h_s1 = p.h.stride[1];
 
-  void (*kernel)(StepParams) = step_kernel<TS, TQ>(cfg.vec, cfg.nv);
+  void (*kernel)(StepParams) = step_kernel<TS, TQ>(cfg.vec, cfg.nv, prologue_first);
   if (kernel == nullptr)
     return fail(MLSTM_ERROR_INTERNAL, "step: no kernel for %d elements per access and %d vectors per thread", cfg.vec,
                 cfg.nv);
