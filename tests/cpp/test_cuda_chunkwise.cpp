@@ -784,7 +784,8 @@ int bench() {
     int64_t B, NH, S, DHQK, DHHV;
   };
   const Shape shapes[] = {{"A", 8, 8, 8192, 256, 512},  {"B", 8, 16, 8192, 128, 256}, {"A", 128, 8, 512, 256, 512},
-                          {"A", 32, 8, 2048, 256, 512}, {"A", 2, 8, 32768, 256, 512}, {"A", 1, 8, 65536, 256, 512}};
+                          {"A", 32, 8, 2048, 256, 512}, {"A", 2, 8, 32768, 256, 512}, {"A", 1, 8, 65536, 256, 512},
+                          {"B", 4, 16, 16384, 128, 256}, {"B", 2, 16, 32768, 128, 256}};
   // 65,536 tokens per head in every shape: one set of buffers (sized for the larger head dims) serves all.
   const size_t tokens = size_t(65536) * 16;
   BenchBuffers buf(tokens * 256 / 2, tokens * 512 / 2, tokens);

@@ -179,10 +179,9 @@ mlstm_status make_plan(const P& p, bool backward, Plan* plan) {
   plan->NC = (p.S + kT - 1) / kT;
   const auto dtype = static_cast<mlstm_dtype>(p.q.dtype);
   MLSTM_RETURN_IF_ERROR(pick_split(dtype, int(p.DHQK), int(p.DHHV), true, dev.smem_optin, &plan->qk_by_v));
-  if (backward)
-    MLSTM_RETURN_IF_ERROR(pick_split(dtype, int(p.DHHV), int(p.DHQK), false, dev.smem_optin, &plan->v_by_qk));
-  // The segmentation depends only on the forward's split, so forward and backward agree on it.
-  const int64_t blocks = plan->BNH * plan->qk_by_v.n_slices;
+  MLSTM_RETURN_IF_ERROR(pick_split(dtype, int(p.DHHV), int(p.DHQK), false, dev.smem_optin, &plan->v_by_qk));
+  // The segmentation follows the narrower of the two splits, so forward and backward agree on it.
+  const int64_t blocks = plan->BNH * std::min(plan->qk_by_v.n_slices, plan->v_by_qk.n_slices);
   int64_t n_seg = 1;
   if (blocks < dev.sm_count) n_seg = std::min<int64_t>(dev.sm_count / blocks, plan->NC / kMinSegmentChunks);
   n_seg = std::max<int64_t>(n_seg, 1);
