@@ -169,8 +169,12 @@ struct Plan {
   int n_seg = 1, seg_chunks = 0;
 };
 
+// with_backward: the problem's backward will run (a forward with a saved buffer, or the backward
+// itself). Its dq and dk walks may have fewer value slices than the forward's walk (config B: one
+// against two), so the segmentation then follows the narrower split; forward and backward agree on it
+// through this flag. A forward alone keeps the segments its own split needs.
 template <typename P>
-mlstm_status make_plan(const P& p, bool backward, Plan* plan) {
+mlstm_status make_plan(const P& p, bool with_backward, Plan* plan) {
   if (p.m_starts_at_neg_inf)
     return fail(MLSTM_ERROR_INTERNAL, "chunkwise on CUDA: a stabiliser starting at -inf is not a chunkwise problem");
   DeviceInfo dev;
@@ -179,9 +183,12 @@ mlstm_status make_plan(const P& p, bool backward, Plan* plan) {
   plan->NC = (p.S + kT - 1) / kT;
   const auto dtype = static_cast<mlstm_dtype>(p.q.dtype);
   MLSTM_RETURN_IF_ERROR(pick_split(dtype, int(p.DHQK), int(p.DHHV), true, dev.smem_optin, &plan->qk_by_v));
-  MLSTM_RETURN_IF_ERROR(pick_split(dtype, int(p.DHHV), int(p.DHQK), false, dev.smem_optin, &plan->v_by_qk));
-  // The segmentation follows the narrower of the two splits, so forward and backward agree on it.
-  const int64_t blocks = plan->BNH * std::min(plan->qk_by_v.n_slices, plan->v_by_qk.n_slices);
+  int64_t slices = plan->qk_by_v.n_slices;
+  if (with_backward) {
+    MLSTM_RETURN_IF_ERROR(pick_split(dtype, int(p.DHHV), int(p.DHQK), false, dev.smem_optin, &plan->v_by_qk));
+    slices = std::min<int64_t>(slices, plan->v_by_qk.n_slices);
+  }
+  const int64_t blocks = plan->BNH * slices;
   int64_t n_seg = 1;
   if (blocks < dev.sm_count) n_seg = std::min<int64_t>(dev.sm_count / blocks, plan->NC / kMinSegmentChunks);
   n_seg = std::max<int64_t>(n_seg, 1);
@@ -552,17 +559,22 @@ mlstm_status check_buffer_alignment(const char* what, const void* workspace, con
 
 void chunkwise_set_walk_policy(ChunkwiseWalkPolicy policy) { walk_policy.store(int(policy)); }
 
+// The caller may run the forward with or without a saved buffer: the saved bytes are those of the
+// plan with a backward, the workspace the larger of the two plans'.
 mlstm_status chunkwise_fwd_sizes(const FwdParams& p, mlstm_buffer_sizes* sizes) {
-  Plan plan;
-  MLSTM_RETURN_IF_ERROR(make_plan(p, /*backward=*/false, &plan));
-  sizes->saved_bytes = SavedLayout(plan, p.S, p.DHQK, p.DHHV).bytes;
-  sizes->workspace_bytes = FwdLayout(plan, p.S, p.DHQK, p.DHHV, elem_bytes(p.q.dtype)).bytes;
+  Plan alone, with_bwd;
+  MLSTM_RETURN_IF_ERROR(make_plan(p, /*with_backward=*/false, &alone));
+  MLSTM_RETURN_IF_ERROR(make_plan(p, /*with_backward=*/true, &with_bwd));
+  const size_t esz = elem_bytes(p.q.dtype);
+  sizes->saved_bytes = SavedLayout(with_bwd, p.S, p.DHQK, p.DHHV).bytes;
+  sizes->workspace_bytes = std::max(FwdLayout(alone, p.S, p.DHQK, p.DHHV, esz).bytes,
+                                    FwdLayout(with_bwd, p.S, p.DHQK, p.DHHV, esz).bytes);
   return MLSTM_OK;
 }
 
 mlstm_status chunkwise_bwd_sizes(const BwdParams& p, mlstm_buffer_sizes* sizes) {
   Plan plan;
-  MLSTM_RETURN_IF_ERROR(make_plan(p, /*backward=*/true, &plan));
+  MLSTM_RETURN_IF_ERROR(make_plan(p, /*with_backward=*/true, &plan));
   sizes->saved_bytes = 0;
   sizes->workspace_bytes = BwdLayout(plan, p.S, p.DHQK, p.DHHV, elem_bytes(p.q.dtype)).bytes;
   return MLSTM_OK;
@@ -572,7 +584,7 @@ mlstm_status chunkwise_fwd(const FwdParams& p) {
   MLSTM_RETURN_IF_ERROR(check_buffer_alignment("chunkwise", p.workspace, p.saved));
   DeviceGuard guard(p.device_index);
   Plan plan;
-  MLSTM_RETURN_IF_ERROR(make_plan(p, /*backward=*/false, &plan));
+  MLSTM_RETURN_IF_ERROR(make_plan(p, /*with_backward=*/p.saved != nullptr, &plan));
   switch (p.q.dtype) {
     case MLSTM_FLOAT32: return run_fwd<float>(p, plan);
     case MLSTM_FLOAT16: return run_fwd<__half>(p, plan);
@@ -587,7 +599,7 @@ mlstm_status chunkwise_bwd(const BwdParams& p) {
   if (p.saved == nullptr)
     return fail(MLSTM_ERROR_INVALID_ARGUMENT, "chunkwise backward on CUDA: saved is NULL (run the forward with a saved buffer)");
   Plan plan;
-  MLSTM_RETURN_IF_ERROR(make_plan(p, /*backward=*/true, &plan));
+  MLSTM_RETURN_IF_ERROR(make_plan(p, /*with_backward=*/true, &plan));
   switch (p.q.dtype) {
     case MLSTM_FLOAT32: return run_bwd<float>(p, plan);
     case MLSTM_FLOAT16: return run_bwd<__half>(p, plan);
