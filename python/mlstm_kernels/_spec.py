@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Literal, Mapping, Sequence, get_args
+from typing import Literal, Mapping, NamedTuple, Sequence, get_args
 
 DEFAULT_EPS = 1e-6
 DEFAULT_CHUNK_SIZE = 64
@@ -190,8 +190,8 @@ def registry_functions(training: Mapping, sequence: Mapping, step: Mapping) -> d
                                     get_mlstm_sequence_kernel, get_available_mlstm_step_kernels, get_mlstm_step_kernel)}
 
 
-@dataclass(frozen=True)
-class Dims:
+class Dims(NamedTuple):
+    # A NamedTuple, not a frozen dataclass: every public call builds one (0.6 µs against 0.2 µs).
     B: int
     NH: int
     S: int
@@ -212,7 +212,9 @@ def check_shapes(
     `state_names` are the keys of the c, n, m states in `shapes` (a step kernel calls them c, n, m).
     Raises ValueError naming the argument and the expected shape.
     """
-    q, k, v, i, f = (shapes[n] for n in ("q", "k", "v", "i", "f"))
+    # Every public call runs this (the step once per token): tuples and plain loops, no dicts, and a
+    # shape that is already a tuple (torch.Size is one) is compared as it is.
+    q, k, v, i, f = shapes["q"], shapes["k"], shapes["v"], shapes["i"], shapes["f"]
     if step:
         if len(q) != 3:
             raise ValueError(f"q must have shape (B, NH, DHQK), got {tuple(q)}")
@@ -221,7 +223,7 @@ def check_shapes(
         if len(v) != 3:
             raise ValueError(f"v must have shape (B, NH, DHHV), got {tuple(v)}")
         DHHV = v[2]
-        expected = {"q": (B, NH, DHQK), "k": (B, NH, DHQK), "v": (B, NH, DHHV)}
+        qk, vh = (B, NH, DHQK), (B, NH, DHHV)
         gate_ok = ((B, NH, 1), (B, NH))
     else:
         if len(q) != 4:
@@ -230,31 +232,28 @@ def check_shapes(
         if len(v) != 4:
             raise ValueError(f"v must have shape (B, NH, S, DHHV), got {tuple(v)}")
         DHHV = v[3]
-        expected = {"q": (B, NH, S, DHQK), "k": (B, NH, S, DHQK), "v": (B, NH, S, DHHV)}
+        qk, vh = (B, NH, S, DHQK), (B, NH, S, DHHV)
         gate_ok = ((B, NH, S),)
-    for name, exp in expected.items():
-        if tuple(shapes[name]) != exp:
-            raise ValueError(f"{name} must have shape {exp} (from q and v), got {tuple(shapes[name])}")
+    for name, shp, exp in (("q", q, qk), ("k", k, qk), ("v", v, vh)):
+        if shp != exp and tuple(shp) != exp:
+            raise ValueError(f"{name} must have shape {exp} (from q and v), got {tuple(shp)}")
     for name, shp in (("i", i), ("f", f)):
-        if tuple(shp) not in gate_ok:
+        if shp not in gate_ok and tuple(shp) not in gate_ok:
             raise ValueError(f"{name} must have shape {gate_ok[0]}, got {tuple(shp)}")
-    for dim_name, value in (("B", B), ("NH", NH), ("S", S), ("DHQK", DHQK), ("DHHV", DHHV)):
-        if value < 1:
-            raise ValueError(f"{dim_name} must be >= 1, got {value} (shapes: q {tuple(q)}, v {tuple(v)})")
+    if min(B, NH, S, DHQK, DHHV) < 1:
+        for dim_name, value in (("B", B), ("NH", NH), ("S", S), ("DHQK", DHQK), ("DHHV", DHHV)):
+            if value < 1:
+                raise ValueError(f"{dim_name} must be >= 1, got {value} (shapes: q {tuple(q)}, v {tuple(v)})")
     c_name, n_name, m_name = state_names
-    state_expected = {
-        c_name: (B, NH, DHQK, DHHV),
-        n_name: (B, NH, DHQK),
-        m_name: (B, NH, 1),
-    }
-    present = [n for n in state_expected if shapes.get(n) is not None]
-    if present and len(present) != 3:
+    c, n, m = shapes.get(c_name), shapes.get(n_name), shapes.get(m_name)
+    if c is None and n is None and m is None:
+        return Dims(B, NH, S, DHQK, DHHV)
+    if c is None or n is None or m is None:
+        present = [name for name, x in ((c_name, c), (n_name, n), (m_name, m)) if x is not None]
         raise ValueError(f"{c_name}, {n_name} and {m_name} must be given together (got only {', '.join(present)})")
-    for name in present:
-        shp = tuple(shapes[name])
-        exp = state_expected[name]
-        if shp != exp and not (name == m_name and shp == (B, NH)):
-            raise ValueError(f"{name} must have shape {exp}, got {shp}")
+    for name, shp, exp in ((c_name, c, (B, NH, DHQK, DHHV)), (n_name, n, (B, NH, DHQK)), (m_name, m, (B, NH, 1))):
+        if shp != exp and tuple(shp) != exp and not (name == m_name and tuple(shp) == (B, NH)):
+            raise ValueError(f"{name} must have shape {exp}, got {tuple(shp)}")
     return Dims(B, NH, S, DHQK, DHHV)
 
 

@@ -124,7 +124,7 @@ def prepare(fw: Framework, kernel: str, q, k, v, i, f, c, n, m, autocast_kernel_
     if step and (c is None or n is None or m is None):
         raise ValueError(f"{kernel}: the step kernel needs the states c, n and m")
     try:
-        _spec.check_shapes({name: None if x is None else tuple(x.shape) for name, x in arrays.items()},
+        _spec.check_shapes({name: None if x is None else x.shape for name, x in arrays.items()},
                            step=step, state_names=state_names)
     except ValueError as e:
         raise ValueError(f"{kernel}: {e}") from None

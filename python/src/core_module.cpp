@@ -1,8 +1,9 @@
 // mlstm_kernels._core: a thin nanobind view of the C ABI (cpp/include/mlstm/mlstm.h).
 //
 // Framework layers build FwdArgs/BwdArgs from raw pointers, dtype codes and strides (no DLPack, so no
-// hidden stream synchronisation and no copies), then call a kernel. A non-OK status becomes a Python
-// exception carrying the core's message: ValueError for invalid or unsupported requests,
+// hidden stream synchronisation and no copies), then call a kernel; the step, called once per decoded
+// token, also takes the same fields as plain arguments (step_fwd_direct). A non-OK status becomes a
+// Python exception carrying the core's message: ValueError for invalid or unsupported requests,
 // RuntimeError for CUDA failures and builds without the requested backend.
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
@@ -173,4 +174,45 @@ NB_MODULE(_core, m) {
   MLSTM_BIND_BWD(chunkwise_bwd);
   MLSTM_BIND_FWD(sequence_fwd);
   MLSTM_BIND_FWD(step_fwd);
+
+  // The step with all of its arguments in one call. A decode loop calls the step once per token, and
+  // filling a FwdArgs field by field from Python costs more host time than the kernel launch. No size
+  // query comes first: the step needs no workspace on any backend, and the core refuses the call,
+  // naming the buffer, should that ever change.
+  m.def(
+      "step_fwd_direct",
+      [](std::tuple<int32_t, int32_t, uintptr_t> device, std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t> shape,
+         float eps, nb::handle q, nb::handle k, nb::handle v, nb::handle i, nb::handle f, nb::handle c_initial,
+         nb::handle n_initial, nb::handle m_initial, nb::handle h, nb::handle c_last, nb::handle n_last,
+         nb::handle m_last) {
+        mlstm_fwd_args a{};
+        a.device = mlstm_device{std::get<0>(device), std::get<1>(device), reinterpret_cast<void*>(std::get<2>(device))};
+        a.shape = mlstm_shape{std::get<0>(shape), std::get<1>(shape), std::get<2>(shape), std::get<3>(shape),
+                              std::get<4>(shape)};
+        a.eps = eps;
+        set_tensor(a.q, q);
+        set_tensor(a.k, k);
+        set_tensor(a.v, v);
+        set_tensor(a.i, i);
+        set_tensor(a.f, f);
+        set_tensor(a.c_initial, c_initial);
+        set_tensor(a.n_initial, n_initial);
+        set_tensor(a.m_initial, m_initial);
+        set_tensor(a.h, h);
+        set_tensor(a.c_last, c_last);
+        set_tensor(a.n_last, n_last);
+        set_tensor(a.m_last, m_last);
+        mlstm_status s;
+        {
+          nb::gil_scoped_release release;
+          s = mlstm_step_fwd(&a);
+        }
+        raise_on_error(s);
+      },
+      nb::arg("device"), nb::arg("shape"), nb::arg("eps"), nb::arg("q").none(), nb::arg("k").none(),
+      nb::arg("v").none(), nb::arg("i").none(), nb::arg("f").none(), nb::arg("c_initial").none(),
+      nb::arg("n_initial").none(), nb::arg("m_initial").none(), nb::arg("h").none(), nb::arg("c_last").none(),
+      nb::arg("n_last").none(), nb::arg("m_last").none(),
+      "mlstm_step_fwd with the FwdArgs fields as arguments: device (kind, index, stream), shape (B, NH, 1, DHQK, DHHV), "
+      "eps, then each tensor as (data_ptr, dtype, strides) or None");
 }

@@ -28,6 +28,7 @@ pytest process. Every case prints one JSON line: {"id", "outcome": "ok" | "error
 | eps NaN / -1                  | ValueError "eps must be finite and >= 0"                        |
 | backward: dq stride 2, di dtype, NULL dh, states without their gradients | ValueError naming dq / di / dh / dc_initial |
 | size queries of huge valid shapes (S = 2^31, DH = 2^20) | return (no overflow, no hang)         |
+| every step case through ``step_fwd_direct`` (the torch step's path) | the same as through FwdArgs |
 
 Strides that point outside the caller's buffers cannot be detected by any C ABI that takes raw
 pointers; that is the caller's contract (the torch and JAX layers build them from real tensors).
@@ -113,14 +114,23 @@ def _with(desc, *, data=None, dtype=None, strides=None):
     return (p if data is None else data, d if dtype is None else dtype, s if strides is None else strides)
 
 
-def _fwd_call(form, mutate, **kw):
+STEP_TENSORS = ("q", "k", "v", "i", "f", "c_initial", "n_initial", "m_initial", "h", "c_last", "n_last", "m_last")
+
+
+def _fwd_call(form, mutate, direct=False, **kw):
+    """direct: the step through _core.step_fwd_direct, which takes the FwdArgs fields as arguments."""
+
     def run():
         from mlstm_kernels import _core
 
         a = fwd_args(form, **kw)
         mutate(a)
-        getattr(_core, f"{form}_fwd")(a)
+        if direct:
+            _core.step_fwd_direct(a.device, a.shape, a.eps, *(getattr(a, name) for name in STEP_TENSORS))
+        else:
+            getattr(_core, f"{form}_fwd")(a)
 
+    run.request = (form, mutate, kw)
     return run
 
 
@@ -240,6 +250,11 @@ for form in ("parallel", "chunkwise"):
 CASES["chunkwise-bwd-states-without-gradients"] = (
     _bwd_call("chunkwise", lambda a: [setattr(a, n, None) for n in ("dc_initial", "dn_initial", "dm_initial")], states=True),
     ("ValueError",), ("dc_initial, dn_initial, dm_initial must be given exactly when",))
+
+for case_id, (fn, types, needles) in list(CASES.items()):
+    if case_id.startswith("step-") and hasattr(fn, "request"):
+        form, mutate, kw = fn.request
+        CASES[f"step-direct-{case_id[len('step-'):]}"] = (_fwd_call(form, mutate, direct=True, **kw), types, needles)
 
 
 def run_cases(ids) -> None:

@@ -17,9 +17,12 @@ namespace mlstm::cpu {
 // (starting a thread costs tens of microseconds, about 2e5 multiply-adds).
 inline int worker_count(int64_t n_tasks, double cost_per_task) {
   constexpr double kMinCostPerWorker = 2e5;
+  const double by_cost = static_cast<double>(n_tasks) * cost_per_task / kMinCostPerWorker;
+  // Small calls (a decode step) stop here: glibc answers hardware_concurrency by reading
+  // /sys/devices/system/cpu/online, several microseconds, more than such a call's whole kernel.
+  if (n_tasks < 2 || by_cost < 2.0) return 1;
   const unsigned hw = std::thread::hardware_concurrency();
   const int64_t by_hardware = hw == 0 ? 1 : static_cast<int64_t>(hw);
-  const double by_cost = static_cast<double>(n_tasks) * cost_per_task / kMinCostPerWorker;
   const int64_t n = std::min({by_hardware, n_tasks, static_cast<int64_t>(std::min(by_cost, 1e6))});
   return static_cast<int>(std::max<int64_t>(1, n));
 }

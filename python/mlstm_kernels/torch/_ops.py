@@ -35,12 +35,21 @@ from .. import _core
 
 _LIB = torch.library.Library("mlstm_kernels", "DEF")
 
-_DTYPE_CODES = {
+
+class _DtypeCodes(dict):
+    """torch dtype -> the ABI's dtype code; an unsupported dtype raises ValueError on lookup, so hot
+    paths can index it directly."""
+
+    def __missing__(self, dtype):
+        raise ValueError(f"mlstm_kernels: unsupported dtype {dtype} (float32, float16, bfloat16, float64 on CPU)")
+
+
+_DTYPE_CODES = _DtypeCodes({
     torch.float32: _core.FLOAT32,
     torch.float16: _core.FLOAT16,
     torch.bfloat16: _core.BFLOAT16,
     torch.float64: _core.FLOAT64,
-}
+})
 
 ALGORITHMS = {"limit_chunk": _core.CHUNKWISE_LIMIT, "xl_chunk": _core.CHUNKWISE_XL}
 
@@ -50,15 +59,12 @@ _PRESENT = 1
 
 
 def _dtype_code(t: torch.Tensor) -> int:
-    try:
-        return _DTYPE_CODES[t.dtype]
-    except KeyError:
-        raise ValueError(f"mlstm_kernels: unsupported dtype {t.dtype} (float32, float16, bfloat16, float64 on CPU)") from None
+    return _DTYPE_CODES[t.dtype]
 
 
 def _unit_inner(t: torch.Tensor | None) -> torch.Tensor | None:
     """t itself when its innermost dimension is unit-stride (or of size 1), else a contiguous copy."""
-    if t is None or t.shape[-1] == 1 or t.stride(-1) == 1:
+    if t is None or t.stride(-1) == 1 or t.shape[-1] == 1:
         return t
     return t.contiguous()
 
@@ -79,7 +85,7 @@ def _size_desc(t: torch.Tensor | None):
 
 def _unit_m(m: torch.Tensor | None) -> torch.Tensor | None:
     """m (B, NH, 1) is the ABI's (B, NH): NH is its innermost dimension and must be unit-stride."""
-    if m is None or m.shape[1] == 1 or m.stride(1) == 1:
+    if m is None or m.stride(1) == 1 or m.shape[1] == 1:
         return m
     return m.contiguous()
 
@@ -95,9 +101,12 @@ def _desc_step(t: torch.Tensor):
 
 
 def _device(t: torch.Tensor):
-    if t.device.type == "cuda":
-        return (_core.DEVICE_CUDA, t.device.index, torch.cuda.current_stream(t.device).cuda_stream)
-    if t.device.type == "cpu":
+    if t.is_cuda:
+        # The raw handle of the current stream in one call, as torch's generated code reads it:
+        # torch.cuda.current_stream(device) builds a Stream object on each call first.
+        index = t.get_device()
+        return (_core.DEVICE_CUDA, index, torch._C._cuda_getCurrentRawStream(index))
+    if t.is_cpu:
         return (_core.DEVICE_CPU, 0, 0)
     raise ValueError(f"mlstm_kernels: tensors on device '{t.device}' are not supported (cpu or cuda)")
 
@@ -157,7 +166,8 @@ def _output(like: torch.Tensor, shape, dtype: torch.dtype | None = None) -> torc
     """Every output the core writes is allocated here: contiguous, on like's device, uninitialised.
     The real and the fake implementations both use it, so their layouts agree (and a test can
     poison all outputs in one place)."""
-    return torch.empty(shape, dtype=like.dtype if dtype is None else dtype, device=like.device)
+    # Sizes unpacked: torch parses them about 0.5 µs faster than one tuple (the step allocates four).
+    return torch.empty(*shape, dtype=like.dtype if dtype is None else dtype, device=like.device)
 
 
 def _empty_states(q: torch.Tensor, DHHV: int, dtype: torch.dtype):
@@ -422,24 +432,42 @@ def _sequence_fwd_fake(q, k, v, i, f, c_initial, n_initial, m_initial, eps, retu
 
 
 def _step_outputs(q, v, c):
-    B, NH, DHQK, DHHV = q.shape[0], q.shape[1], q.shape[-1], v.shape[-1]
-    h = _output(q, (B, NH, DHHV))  # (B, NH, DHHV)
-    return (h, *_empty_states(q, DHHV, c.dtype))
+    shape, DHHV, dtype = q.shape, v.shape[-1], c.dtype
+    B, NH, DHQK = shape[0], shape[1], shape[-1]
+    return (
+        _output(q, (B, NH, DHHV)),  # h (B, NH, DHHV)
+        _output(q, (B, NH, DHQK, DHHV), dtype),  # c_new (B, NH, DHQK, DHHV)
+        _output(q, (B, NH, DHQK), dtype),  # n_new (B, NH, DHQK)
+        _output(q, (B, NH, 1), dtype),  # m_new (B, NH, 1)
+    )
 
 
 def _step_fwd(q, k, v, i, f, c, n, m, eps):
     # q, k (B, NH, DHQK); v (B, NH, DHHV); i, f (B, NH, 1); c (B, NH, DHQK, DHHV); n (B, NH, DHQK); m (B, NH, 1)
     # The ABI sees the step as a sequence of length 1: q (B, NH, 1, DHQK), i (B, NH, 1), m (B, NH).
-    q, k, v, c, n = (_unit_inner(t) for t in (q, k, v, c, n))
-    m = _unit_m(m)
+    # A decode loop runs this once per token, so everything goes to the core in one call, without a
+    # FwdArgs filled field by field or a size query (the step needs no workspace).
+    q, k, v, c, n, m = _unit_inner(q), _unit_inner(k), _unit_inner(v), _unit_inner(c), _unit_inner(n), _unit_m(m)
     h, c_new, n_new, m_new = _step_outputs(q, v, c)
-    a = _args(_core.FwdArgs, q, v, 1, eps)
-    _set(a, _desc_step, q=q, k=k, v=v, h=h)
-    _set(a, _desc, i=i, f=f, c_initial=c, n_initial=n, c_last=c_new, n_last=n_new)
-    _set(a, _desc_m, m_initial=m, m_last=m_new)
-    workspace_bytes, _ = _core.step_fwd_sizes(a)
-    workspace = _workspace(a, workspace_bytes, q)
-    _core.step_fwd(a)
+    # (data_ptr, dtype, strides) as _desc_step (q, k, v, h), _desc and _desc_m (m) would build them, written
+    # out because the twelve helper calls cost ≈2 µs more.
+    code, shape, unit = _DTYPE_CODES, q.shape, (1,)
+    sq, sk, sv, sh = q.stride(), k.stride(), v.stride(), h.stride()
+    _core.step_fwd_direct(
+        _device(q), (shape[0], shape[1], 1, shape[-1], v.shape[-1]), eps,
+        (q.data_ptr(), code[q.dtype], (sq[0], sq[1], 0, 1)),
+        (k.data_ptr(), code[k.dtype], (sk[0], sk[1], 0, 1)),
+        (v.data_ptr(), code[v.dtype], (sv[0], sv[1], 0, 1)),
+        (i.data_ptr(), code[i.dtype], i.stride()[:-1] + unit),
+        (f.data_ptr(), code[f.dtype], f.stride()[:-1] + unit),
+        (c.data_ptr(), code[c.dtype], c.stride()[:-1] + unit),
+        (n.data_ptr(), code[n.dtype], n.stride()[:-1] + unit),
+        (m.data_ptr(), code[m.dtype], (m.stride(0), 1)),
+        (h.data_ptr(), code[h.dtype], (sh[0], sh[1], 0, 1)),
+        (c_new.data_ptr(), code[c_new.dtype], c_new.stride()[:-1] + unit),
+        (n_new.data_ptr(), code[n_new.dtype], n_new.stride()[:-1] + unit),
+        (m_new.data_ptr(), code[m_new.dtype], (m_new.stride(0), 1)),
+    )
     return h, c_new, n_new, m_new
 
 
