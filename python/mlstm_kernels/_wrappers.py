@@ -72,6 +72,7 @@ class Framework:
     words: dict[str, str]  # {native}, {autodiff}, {loop} in the kernels' docstrings
     float32: Any
     float64: Any
+    float16: Any
     bfloat16: Any
 
     def check_arrays(self, kernel: str, arrays: dict) -> None:
@@ -135,9 +136,17 @@ def prepare(fw: Framework, kernel: str, q, k, v, i, f, c, n, m, autocast_kernel_
     B, NH = q.shape[:2]
     if step:
         i, f = _three_dims(i, B, NH), _three_dims(f, B, NH)
+
+    def gate(x):
+        # Every step kernel widens 16-bit gates to float32 exactly as this cast would, so a step keeps
+        # them: on CUDA the two casts would be two more kernel launches per token.
+        if step and gate_dtype == fw.float32 and x.dtype in (fw.float16, fw.bfloat16):
+            return x
+        return _cast(fw, x, gate_dtype)
+
     return Prepared(
         _cast(fw, q, qkv_dtype), _cast(fw, k, qkv_dtype), _cast(fw, v, qkv_dtype),
-        _cast(fw, i, gate_dtype), _cast(fw, f, gate_dtype),
+        gate(i), gate(f),
         _cast(fw, c, state_dtype), _cast(fw, n, state_dtype), _cast(fw, _three_dims(m, B, NH), state_dtype),
         fw.run_context(autocast, q),
     )

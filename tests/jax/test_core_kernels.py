@@ -294,3 +294,19 @@ def test_sequence_and_step_kernels_refuse_gradients():
     # The native kernels of the same registries are differentiable.
     g = jax.grad(lambda q: jnp.sum(mj.get_mlstm_step_kernel("native")(q, *args[1:])[0]))(args[0])
     assert np.isfinite(np.asarray(g)).all()
+
+
+@pytest.mark.parametrize("name", ["fused", "native"])
+@pytest.mark.parametrize("gate_dtype", [jnp.bfloat16, jnp.float16])
+def test_step_takes_16bit_gates_as_their_float32_values(name, gate_dtype):
+    """The step keeps 16-bit gates (no casts per token): the result is bit-identical to the same gates
+    widened to float32 first."""
+    x = utils.make_inputs(2, 3, 1, 16, 32, seed=_seed(), with_initial=True)
+    q, k, v = (x[n][:, :, 0].astype(jnp.bfloat16) for n in "qkv")
+    states = [x[n].astype(jnp.float32) for n in ("c_initial", "n_initial", "m_initial")]
+    i16, f16 = x["i"][:, :, :1].astype(gate_dtype), x["f"][:, :, :1].astype(gate_dtype)
+    fn = mj.get_mlstm_step_kernel(name)
+    h16, s16 = fn(q, k, v, i16, f16, *states)
+    h32, s32 = fn(q, k, v, i16.astype(jnp.float32), f16.astype(jnp.float32), *states)
+    for a, b in zip((h16, *s16), (h32, *s32)):
+        np.testing.assert_array_equal(np.asarray(a.astype(jnp.float32)), np.asarray(b.astype(jnp.float32)))

@@ -27,7 +27,7 @@ _FLOAT_DTYPES = tuple(jnp.dtype(d) for d in (jnp.float32, jnp.float16, jnp.bfloa
 class _Jax(_wrappers.Framework):
     package = "mlstm_kernels.jax"
     words = {"native": "jax.numpy", "autodiff": "JAX autodiff", "loop": "lax.scan"}
-    float32, float64, bfloat16 = jnp.float32, jnp.float64, jnp.bfloat16
+    float32, float64, float16, bfloat16 = jnp.float32, jnp.float64, jnp.float16, jnp.bfloat16
 
     def check_arrays(self, kernel, arrays):
         for name, x in arrays.items():

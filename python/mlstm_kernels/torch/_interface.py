@@ -25,7 +25,7 @@ _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 class _Torch(_wrappers.Framework):
     package = "mlstm_kernels.torch"
     words = {"native": "plain torch", "autodiff": "autograd", "loop": "A Python loop"}
-    float32, float64, bfloat16 = torch.float32, torch.float64, torch.bfloat16
+    float32, float64, float16, bfloat16 = torch.float32, torch.float64, torch.float16, torch.bfloat16
 
     def check_arrays(self, kernel, arrays):
         first_name, device = None, None
