@@ -11,7 +11,9 @@ JAX specifics:
   ignores it outside an autocast region;
 * ``eps``, ``chunk_size`` and ``return_last_states`` are static (Python values, also under jit);
 * ``dtype_state`` is anything ``jnp.dtype`` reads (``jnp.bfloat16``, ``"bfloat16"``), static too;
-* the core step kernel updates the states in place where XLA can donate them.
+* the core step kernel updates the states in place where XLA can donate them: carry them through
+  ``lax.scan``/``while_loop`` or donate them (``jax.jit(..., donate_argnums=...)``); states that XLA
+  may not overwrite are copied first, which costs as much as the step itself.
 """
 
 from __future__ import annotations
