@@ -487,6 +487,8 @@ int mlstm_cuda_device_count(void) {
 #endif
 }
 
+const char* mlstm_cpu_isa(void) { return mlstm::cpu::isa_name(); }
+
 int64_t mlstm_max_head_dim(const char* form, int32_t device_kind) {
   Form f;
   if (!mlstm::parse_form(form, &f)) return 0;

@@ -10,7 +10,7 @@ __all__ = ["__version__", "capabilities"]
 
 
 def capabilities() -> dict:
-    """What this build of the core can do: version, CUDA backend, archs, visible GPUs, limits."""
+    """What this build of the core can do: version, CUDA backend, archs, visible GPUs, CPU kernels, limits."""
     from . import _core
 
     forms = ("parallel", "chunkwise", "sequence", "step")
@@ -19,6 +19,7 @@ def capabilities() -> dict:
         "cuda_compiled": _core.cuda_compiled(),
         "cuda_archs": _core.cuda_archs().split(",") if _core.cuda_archs() else [],
         "cuda_devices": _core.cuda_device_count(),
+        "cpu_isa": _core.cpu_isa(),
         "max_head_dim": {
             "cpu": {f: _core.max_head_dim(f, _core.DEVICE_CPU) for f in forms},
             "cuda": {f: _core.max_head_dim(f, _core.DEVICE_CUDA) for f in forms},

@@ -316,7 +316,7 @@ def _environment() -> str:
     return (
         f"mlstm_kernels {__version__} (core {_core.version()}, CUDA backend: "
         f"{'yes, archs ' + archs if _core.cuda_compiled() else 'no'}); torch {torch.__version__}; "
-        f"python {platform.python_version()}; CPU threads {torch.get_num_threads()}; GPU: {cuda}"
+        f"python {platform.python_version()}; CPU threads {torch.get_num_threads()}, kernels {_core.cpu_isa()}; GPU: {cuda}"
     )
 
 

@@ -107,6 +107,7 @@ NB_MODULE(_core, m) {
   m.def("cuda_compiled", [] { return mlstm_cuda_compiled() != 0; });
   m.def("cuda_archs", [] { return std::string(mlstm_cuda_archs()); });
   m.def("cuda_device_count", [] { return mlstm_cuda_device_count(); });
+  m.def("cpu_isa", [] { return std::string(mlstm_cpu_isa()); });
   m.def("max_head_dim", [](const std::string& form, int32_t device_kind) { return mlstm_max_head_dim(form.c_str(), device_kind); });
   m.def("head_dim_multiple",
         [](const std::string& form, int32_t device_kind) { return mlstm_head_dim_multiple(form.c_str(), device_kind); });

@@ -3,13 +3,28 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
+#include <cstring>
 #include <vector>
 
+#include "cpu/forms.h"
 #include "mlstm/mlstm.h"
 #include "reference.h"
 #include "testing.h"
 
 namespace harness {
+
+// The CPU tests run on the build of the CPU kernels this machine gets (cpp/src/cpu/isa.h), or with
+// the argument --isa=baseline on the baseline build; ctest runs them both ways where both exist.
+// False for an argument it does not know.
+inline bool select_cpu_isa(int argc, char** argv) {
+  if (argc > 1 && (std::strcmp(argv[1], "--isa=baseline") != 0 || !mlstm::cpu::set_isa(mlstm::cpu::Isa::kBaseline))) {
+    std::printf("FAIL unknown argument %s\n", argv[1]);
+    return false;
+  }
+  std::printf("CPU kernels: %s\n", mlstm_cpu_isa());
+  return true;
+}
 
 using testing::Tensor;
 

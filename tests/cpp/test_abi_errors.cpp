@@ -264,6 +264,8 @@ void test_error_state_and_queries() {
   CHECK(mlstm_max_head_dim("bogus", MLSTM_DEVICE_CPU) == 0, "unknown form has a head dim");
   CHECK(mlstm_max_head_dim(nullptr, MLSTM_DEVICE_CPU) == 0, "NULL form has a head dim");
   CHECK(mlstm_max_head_dim("chunkwise", 9) == 0, "unknown device kind has a head dim");
+  const std::string isa = mlstm_cpu_isa() ? mlstm_cpu_isa() : "(null)";
+  CHECK(isa == "avx2" || isa == "baseline", "CPU kernels \"%s\"", isa.c_str());
   mlstm_buffer_sizes sizes{1, 1};
   a = run.args();
   CHECK(mlstm_chunkwise_fwd_sizes(&a, &sizes) == MLSTM_OK, "%s", mlstm_last_error());

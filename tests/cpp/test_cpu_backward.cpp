@@ -456,7 +456,8 @@ void test_ci_shape_timing() {
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  if (!harness::select_cpu_isa(argc, argv)) return 1;
   test_finite_differences();
   test_against_reference();
   test_low_precision();

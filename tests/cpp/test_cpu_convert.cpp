@@ -9,6 +9,8 @@
 #include "cpu/common.h"
 #include "testing.h"
 
+namespace cpu = mlstm::cpu::MLSTM_CPU_ISA;  // the baseline build of the CPU kernels
+
 namespace {
 
 using testing::decode16;
@@ -16,13 +18,13 @@ using testing::encode16;
 using testing::round_to;
 
 uint16_t lib_encode(mlstm_dtype dtype, float x) {
-  return dtype == MLSTM_FLOAT16 ? mlstm::cpu::float_to_half(x) : mlstm::cpu::float_to_bf16(x);
+  return dtype == MLSTM_FLOAT16 ? cpu::float_to_half(x) : cpu::float_to_bf16(x);
 }
 uint16_t lib_encode(mlstm_dtype dtype, double x) {
-  return dtype == MLSTM_FLOAT16 ? mlstm::cpu::to_half(x) : mlstm::cpu::to_bf16(x);
+  return dtype == MLSTM_FLOAT16 ? cpu::to_half(x) : cpu::to_bf16(x);
 }
 float lib_decode(mlstm_dtype dtype, uint16_t b) {
-  return dtype == MLSTM_FLOAT16 ? mlstm::cpu::half_to_float(b) : mlstm::cpu::bf16_to_float(b);
+  return dtype == MLSTM_FLOAT16 ? cpu::half_to_float(b) : cpu::bf16_to_float(b);
 }
 
 bool same_bits_or_both_nan(uint16_t a, uint16_t b, mlstm_dtype dtype) {
@@ -81,16 +83,16 @@ void check_dtype(mlstm_dtype dtype) {
   CHECK(std::isnan(lib_decode(dtype, lib_encode(dtype, std::numeric_limits<double>::quiet_NaN()))), "%s: nan from double",
         name);
   if (dtype == MLSTM_FLOAT16) {
-    CHECK(mlstm::cpu::float_to_half(65519.99f) == 0x7bff, "65519.99 -> 65504");
-    CHECK(mlstm::cpu::float_to_half(65520.0f) == 0x7c00, "65520 -> inf");
-    CHECK(mlstm::cpu::float_to_half(1e10f) == 0x7c00, "1e10 -> inf");
-    CHECK(mlstm::cpu::float_to_half(0x1p-25f) == 0x0000, "2^-25 ties to 0");
-    CHECK(mlstm::cpu::float_to_half(std::nextafter(0x1p-25f, 1.0f)) == 0x0001, "just above 2^-25 -> 2^-24");
-    CHECK(mlstm::cpu::to_half(1e300) == 0x7c00, "1e300 -> inf");
-    CHECK(mlstm::cpu::to_half(1e-300) == 0x0000, "1e-300 -> 0");
+    CHECK(cpu::float_to_half(65519.99f) == 0x7bff, "65519.99 -> 65504");
+    CHECK(cpu::float_to_half(65520.0f) == 0x7c00, "65520 -> inf");
+    CHECK(cpu::float_to_half(1e10f) == 0x7c00, "1e10 -> inf");
+    CHECK(cpu::float_to_half(0x1p-25f) == 0x0000, "2^-25 ties to 0");
+    CHECK(cpu::float_to_half(std::nextafter(0x1p-25f, 1.0f)) == 0x0001, "just above 2^-25 -> 2^-24");
+    CHECK(cpu::to_half(1e300) == 0x7c00, "1e300 -> inf");
+    CHECK(cpu::to_half(1e-300) == 0x0000, "1e-300 -> 0");
   } else {
-    CHECK(mlstm::cpu::to_bf16(1e300) == 0x7f80, "1e300 -> inf");
-    CHECK(mlstm::cpu::float_to_bf16(std::numeric_limits<float>::max()) == 0x7f80, "FLT_MAX -> inf");
+    CHECK(cpu::to_bf16(1e300) == 0x7f80, "1e300 -> inf");
+    CHECK(cpu::float_to_bf16(std::numeric_limits<float>::max()) == 0x7f80, "FLT_MAX -> inf");
   }
 }
 

@@ -414,7 +414,8 @@ void test_concurrent_calls() {
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  if (!harness::select_cpu_isa(argc, argv)) return 1;
   test_references_agree();
   test_forms_against_reference();
   test_mixed_dtypes();

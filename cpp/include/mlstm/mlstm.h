@@ -143,6 +143,7 @@ MLSTM_API const char* mlstm_last_error(void);         /* message of this thread'
 MLSTM_API int mlstm_cuda_compiled(void);              /* 1 if the CUDA backend was built */
 MLSTM_API const char* mlstm_cuda_archs(void);         /* e.g. "80-real,90a-real" ("" without CUDA) */
 MLSTM_API int mlstm_cuda_device_count(void);          /* 0 without CUDA or without a GPU */
+MLSTM_API const char* mlstm_cpu_isa(void);            /* CPU kernels in use: "avx2" or "baseline" */
 /* Largest supported head dimension (DHQK or DHHV) of a form on a device kind; 0 = unsupported.
  * form: "parallel", "chunkwise", "sequence", "step". */
 MLSTM_API int64_t mlstm_max_head_dim(const char* form, int32_t device_kind);

@@ -20,6 +20,9 @@ namespace mlstm {
   }
 
 MLSTM_DECLARE_BACKEND(cpu)
+namespace cpu {
+const char* isa_name();  // the build of the CPU kernels in use: "avx2" or "baseline"
+}
 #ifdef MLSTM_WITH_CUDA
 MLSTM_DECLARE_BACKEND(cuda)
 namespace cuda {

@@ -20,8 +20,10 @@
 #include <vector>
 
 #include "cpu/common.h"
+#include "cpu/isa.h"
 
-namespace mlstm::cpu {
+MLSTM_CPU_ISA_BEGIN
+namespace mlstm::cpu::MLSTM_CPU_ISA {
 
 template <typename T>
 struct Chunk {
@@ -220,4 +222,5 @@ void store_state(const State<T>& s, const TensorView& c, const TensorView& n, co
   store_row(m, head_offset(m, b, h), 1, &m_rounded);
 }
 
-}  // namespace mlstm::cpu
+}  // namespace mlstm::cpu::MLSTM_CPU_ISA
+MLSTM_CPU_ISA_END

@@ -30,9 +30,11 @@
 #include "cpu/common.h"
 #include "cpu/forms.h"
 #include "cpu/gates_backward.h"
+#include "cpu/isa.h"
 #include "cpu/thread_pool.h"
 
-namespace mlstm::cpu {
+MLSTM_CPU_ISA_BEGIN
+namespace mlstm::cpu::MLSTM_CPU_ISA {
 namespace {
 
 // Bytes of chunk states one thread may keep before the backward switches to checkpoints.
@@ -297,4 +299,5 @@ mlstm_status chunked_bwd(const BwdParams& p, int64_t L) {
   return p.q.dtype == MLSTM_FLOAT64 ? run<double>(p, L) : run<float>(p, L);
 }
 
-}  // namespace mlstm::cpu
+}  // namespace mlstm::cpu::MLSTM_CPU_ISA
+MLSTM_CPU_ISA_END

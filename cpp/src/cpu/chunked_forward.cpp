@@ -20,9 +20,11 @@
 #include "cpu/chunk.h"
 #include "cpu/common.h"
 #include "cpu/forms.h"
+#include "cpu/isa.h"
 #include "cpu/thread_pool.h"
 
-namespace mlstm::cpu {
+MLSTM_CPU_ISA_BEGIN
+namespace mlstm::cpu::MLSTM_CPU_ISA {
 namespace {
 
 template <typename T>
@@ -93,4 +95,5 @@ mlstm_status chunked_fwd(const FwdParams& p, int64_t L) {
   return p.q.dtype == MLSTM_FLOAT64 ? run<double>(p, L) : run<float>(p, L);
 }
 
-}  // namespace mlstm::cpu
+}  // namespace mlstm::cpu::MLSTM_CPU_ISA
+MLSTM_CPU_ISA_END

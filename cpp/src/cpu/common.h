@@ -22,8 +22,10 @@
 #include <limits>
 
 #include "common/params.h"
+#include "cpu/isa.h"
 
-namespace mlstm::cpu {
+MLSTM_CPU_ISA_BEGIN
+namespace mlstm::cpu::MLSTM_CPU_ISA {
 
 // ---- fp16 / bf16 <-> float ----------------------------------------------------------------------
 
@@ -227,4 +229,5 @@ void transpose(int64_t rows, int64_t cols, const T* in, T* out) {
     for (int64_t c = 0; c < cols; ++c) out[c * rows + r] = in[r * cols + c];
 }
 
-}  // namespace mlstm::cpu
+}  // namespace mlstm::cpu::MLSTM_CPU_ISA
+MLSTM_CPU_ISA_END

@@ -12,7 +12,10 @@
 // The scalars are summed in double: the suffix sums run over all S steps and cost nothing.
 #pragma once
 
-namespace mlstm::cpu {
+#include "cpu/isa.h"
+
+MLSTM_CPU_ISA_BEGIN
+namespace mlstm::cpu::MLSTM_CPU_ISA {
 
 class GateScan {
  public:
@@ -45,4 +48,5 @@ class GateScan {
   double m_carry_ = 0.0;
 };
 
-}  // namespace mlstm::cpu
+}  // namespace mlstm::cpu::MLSTM_CPU_ISA
+MLSTM_CPU_ISA_END

@@ -1,5 +1,5 @@
-// Recurrent forms on the CPU: sequence_fwd (the recurrence over S steps) and step_fwd (S == 1),
-// one head per task, exactly the reference semantics of SPEC §2:
+// The recurrence on the CPU (recurrent_fwd, behind sequence_fwd and step_fwd: S == 1), one head per
+// task, exactly the reference semantics of SPEC §2:
 //   m_t = max(logsigmoid(f_t) + m_{t-1}, i_t)
 //   C_t = exp(logsigmoid(f_t) + m_{t-1} - m_t) C_{t-1} + exp(i_t - m_t) k_t v_t^T   (n_t likewise with k_t)
 //   h_t = C_t^T q_hat_t / (max(|n_t . q_hat_t|, exp(-m_t)) + eps)
@@ -10,13 +10,15 @@
 #include <cmath>
 #include <vector>
 
-#include "common/backend.h"
 #include "common/error.h"
 #include "cpu/chunk.h"
 #include "cpu/common.h"
+#include "cpu/forms.h"
+#include "cpu/isa.h"
 #include "cpu/thread_pool.h"
 
-namespace mlstm::cpu {
+MLSTM_CPU_ISA_BEGIN
+namespace mlstm::cpu::MLSTM_CPU_ISA {
 namespace {
 
 template <typename T>
@@ -94,12 +96,9 @@ mlstm_status run(const FwdParams& p) {
   return MLSTM_OK;
 }
 
-mlstm_status recurrent_fwd(const FwdParams& p) { return p.q.dtype == MLSTM_FLOAT64 ? run<double>(p) : run<float>(p); }
-
 }  // namespace
 
-mlstm_status sequence_fwd(const FwdParams& p) { return recurrent_fwd(p); }
+mlstm_status recurrent_fwd(const FwdParams& p) { return p.q.dtype == MLSTM_FLOAT64 ? run<double>(p) : run<float>(p); }
 
-mlstm_status step_fwd(const FwdParams& p) { return recurrent_fwd(p); }
-
-}  // namespace mlstm::cpu
+}  // namespace mlstm::cpu::MLSTM_CPU_ISA
+MLSTM_CPU_ISA_END

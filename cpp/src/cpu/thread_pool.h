@@ -10,7 +10,10 @@
 #include <thread>
 #include <vector>
 
-namespace mlstm::cpu {
+#include "cpu/isa.h"
+
+MLSTM_CPU_ISA_BEGIN
+namespace mlstm::cpu::MLSTM_CPU_ISA {
 
 // Threads worth starting for n_tasks tasks of about cost_per_task multiply-adds each: at most one per
 // hardware thread and per task, and only when each gets enough work to pay for starting it
@@ -61,4 +64,5 @@ void parallel_for(int64_t n_tasks, int n_workers, const Body& body) {
     if (error) std::rethrow_exception(error);
 }
 
-}  // namespace mlstm::cpu
+}  // namespace mlstm::cpu::MLSTM_CPU_ISA
+MLSTM_CPU_ISA_END
