@@ -99,7 +99,8 @@ int common_alignment(int limit, const void* ptr, std::initializer_list<int64_t> 
 //    row for fp32 DHHV = 512); 2: twice the slabs, half as wide, two blocks per SM (B=16 -> 2 slabs).
 //  * kStepProgrammaticLaunch: launch with programmatic stream serialization (sm_90), so that a step
 //    launches while the previous one drains (the kernel waits for it before its first load). H100,
-//    out of place: 0.5-1 us less per step at every B (B=1 4.4 against 5.3, B=16 49.5 against 51.0).
+//    out of place, same run: 0.5-1 us less per step at every B (B=1 4.4 against 5.3, B=16 49.7
+//    against 50.5).
 //  * kStepForcedSlabs: d slabs per (b, h) wherever d is a valid count for the shape (divides the
 //    vectors of a row, >= 16 columns, within the in-place cap); 0: the rule of choose_step_config.
 #ifndef MLSTM_STEP_BLOCKS_PER_SM

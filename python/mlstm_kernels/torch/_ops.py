@@ -432,14 +432,8 @@ def _sequence_fwd_fake(q, k, v, i, f, c_initial, n_initial, m_initial, eps, retu
 
 
 def _step_outputs(q, v, c):
-    shape, DHHV, dtype = q.shape, v.shape[-1], c.dtype
-    B, NH, DHQK = shape[0], shape[1], shape[-1]
-    return (
-        _output(q, (B, NH, DHHV)),  # h (B, NH, DHHV)
-        _output(q, (B, NH, DHQK, DHHV), dtype),  # c_new (B, NH, DHQK, DHHV)
-        _output(q, (B, NH, DHQK), dtype),  # n_new (B, NH, DHQK)
-        _output(q, (B, NH, 1), dtype),  # m_new (B, NH, 1)
-    )
+    DHHV = v.shape[-1]
+    return (_output(q, (q.shape[0], q.shape[1], DHHV)), *_empty_states(q, DHHV, c.dtype))  # h (B, NH, DHHV), c, n, m
 
 
 def _step_fwd(q, k, v, i, f, c, n, m, eps):
